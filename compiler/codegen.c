@@ -1,0 +1,589 @@
+// codegen.c — the IR as an LLVM module, through the LLVM 19 C API.
+//
+// The module holds four functions:
+//
+//   void train_step(float **slots, i64 n, double *in, i64 seed)  forward, backward, update
+//   void eval_step(float **slots, i64 n, double *in, i64 seed)   forward (eval mode), loss
+//   float schedule(float **slots, double *in)                     the learning rate
+//   void keel_main(KrtRun *run, float **slots, i64 seed)          epochs, batches, evaluation
+//
+// Every IR value lives in a slot, a float buffer sized once for the largest batch (no
+// allocation while training). in[] holds the run-time scalars, indexed by InputKind. Each
+// instruction becomes a loop nest over its output: elementwise ops whose operands have the
+// output's shape (or are scalars) become one flat loop that LLVM vectorizes; broadcasting
+// uses per-dimension strides. Matrix products call OpenBLAS's cblas_sgemm; random numbers
+// call krt_rand_fill, so the JIT, a built trainer and the interpreter draw the same numbers.
+
+#include "keel.h"
+
+#include <llvm-c/Core.h>
+#include <string.h>
+
+typedef struct {
+  LLVMContextRef ctx;
+  LLVMModuleRef mod;
+  LLVMBuilderRef b;
+  LLVMTypeRef f32, f64, i64, i32, ptr, vd;
+  LLVMValueRef fn;     // the function being built
+  Prog *p;
+  Fn *ir;
+  int *slot;           // slot of each instruction of ir
+  LLVMValueRef *buf;   // per instruction: its buffer pointer (or NULL)
+  LLVMValueRef *imm;   // per instruction: a constant or a scalar input's value
+  LLVMValueRef n, in, seed;
+} Cg;
+
+// ---------------------------------------------------------------------------------------------
+// Slots
+
+static int new_slot(Prog *p, int64_t size) {
+  static int cap;
+  if (p->nslots == cap) {
+    cap = cap ? cap * 2 : 256;
+    int64_t *s = arena_alloc(sizeof(int64_t) * (size_t)cap);
+    if (p->nslots)
+      memcpy(s, p->slot_size, sizeof(int64_t) * (size_t)p->nslots);
+    p->slot_size = s;
+  }
+  p->slot_size[p->nslots] = size;
+  return p->nslots++;
+}
+
+static int *plan_fn(Prog *p, Fn *fn) {
+  int *slot = arena_alloc(sizeof(int) * (size_t)(fn->len + 1));
+  for (int i = 0; i < fn->len; i++) {
+    Ins *ins = &fn->ins[i];
+    switch (ins->op) {
+    case OP_CONST: slot[i] = -1; break;
+    case OP_INPUT:
+      slot[i] = ins->input == IN_X ? p->x_slot : ins->input == IN_Y ? p->y_slot : -1;
+      break;
+    case OP_TENSOR:
+    case OP_STORE: slot[i] = ins->tensor; break;
+    case OP_RESHAPE: slot[i] = slot[ins->arg[0]]; break;  // same elements, same buffer
+    default:
+      // LSE keeps its running sums in a second slot right after its own.
+      slot[i] = new_slot(p, shape_numel(ins->shape, p->batch));
+      if (ins->op == OP_LSE)
+        new_slot(p, shape_numel(ins->shape, p->batch));
+      break;
+    }
+  }
+  return slot;
+}
+
+void cg_plan_slots(Prog *p) {
+  p->nslots = 0;
+  for (int t = 0; t < p->ntensors; t++)
+    new_slot(p, shape_numel(p->tensors[t].shape, 1));
+  p->x_slot = new_slot(p, shape_numel(p->in_shape, p->batch));
+  p->y_slot = new_slot(p, shape_numel(p->y_shape, p->batch));
+  p->slot_train = plan_fn(p, p->train);
+  p->slot_eval = plan_fn(p, p->eval);
+  p->slot_sched = plan_fn(p, p->sched);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small builders
+
+static LLVMValueRef ci64(Cg *cg, int64_t v) { return LLVMConstInt(cg->i64, (unsigned long long)v, 1); }
+static LLVMValueRef cf32(Cg *cg, double v) { return LLVMConstReal(cg->f32, v); }
+
+static LLVMValueRef gep(Cg *cg, LLVMValueRef base, LLVMValueRef idx) {
+  return LLVMBuildInBoundsGEP2(cg->b, cg->f32, base, &idx, 1, "");
+}
+static LLVMValueRef load_at(Cg *cg, LLVMValueRef base, LLVMValueRef idx) {
+  return LLVMBuildLoad2(cg->b, cg->f32, gep(cg, base, idx), "");
+}
+static void store_at(Cg *cg, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx) {
+  LLVMBuildStore(cg->b, v, gep(cg, base, idx));
+}
+
+static LLVMValueRef dim_val(Cg *cg, int64_t d) { return d == DIM_N ? cg->n : ci64(cg, d); }
+
+static LLVMValueRef numel(Cg *cg, Shape s) {
+  LLVMValueRef c = ci64(cg, 1);
+  int64_t fixed = 1;
+  for (int i = 0; i < s.rank; i++)
+    if (s.dim[i] == DIM_N)
+      c = LLVMBuildMul(cg->b, c, cg->n, "");
+    else
+      fixed *= s.dim[i];
+  return LLVMBuildMul(cg->b, c, ci64(cg, fixed), "");
+}
+
+static LLVMValueRef call(Cg *cg, const char *name, LLVMTypeRef ret, LLVMTypeRef *params,
+                         int np, LLVMValueRef *args) {
+  LLVMTypeRef ty = LLVMFunctionType(ret, params, (unsigned)np, 0);
+  LLVMValueRef f = LLVMGetNamedFunction(cg->mod, name);
+  if (!f)
+    f = LLVMAddFunction(cg->mod, name, ty);
+  return LLVMBuildCall2(cg->b, ty, f, args, (unsigned)np, "");
+}
+
+static LLVMValueRef intrinsic1(Cg *cg, const char *name, LLVMValueRef x) {
+  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+  LLVMTypeRef t = cg->f32;
+  LLVMValueRef f = LLVMGetIntrinsicDeclaration(cg->mod, id, &t, 1);
+  LLVMTypeRef ft = LLVMIntrinsicGetType(cg->ctx, id, &t, 1);
+  return LLVMBuildCall2(cg->b, ft, f, &x, 1, "");
+}
+
+static LLVMValueRef intrinsic2(Cg *cg, const char *name, LLVMValueRef x, LLVMValueRef y) {
+  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+  LLVMTypeRef t = cg->f32;
+  LLVMValueRef f = LLVMGetIntrinsicDeclaration(cg->mod, id, &t, 1);
+  LLVMTypeRef ft = LLVMIntrinsicGetType(cg->ctx, id, &t, 1);
+  LLVMValueRef args[2] = {x, y};
+  return LLVMBuildCall2(cg->b, ft, f, args, 2, "");
+}
+
+// A counted loop: for (iv = 0; iv < count; iv++). Usage: loop_begin, body, loop_end.
+typedef struct {
+  LLVMBasicBlockRef head, exit;
+  LLVMValueRef iv;
+} Loop;
+
+static Loop loop_begin(Cg *cg, LLVMValueRef count) {
+  Loop l;
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(cg->b);
+  l.head = LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "loop");
+  LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "body");
+  l.exit = LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "done");
+  LLVMBuildBr(cg->b, l.head);
+  LLVMPositionBuilderAtEnd(cg->b, l.head);
+  l.iv = LLVMBuildPhi(cg->b, cg->i64, "i");
+  LLVMValueRef zero = ci64(cg, 0);
+  LLVMAddIncoming(l.iv, &zero, &pre, 1);
+  LLVMBuildCondBr(cg->b, LLVMBuildICmp(cg->b, LLVMIntSLT, l.iv, count, ""), body, l.exit);
+  LLVMPositionBuilderAtEnd(cg->b, body);
+  return l;
+}
+
+static void loop_end(Cg *cg, Loop *l) {
+  LLVMValueRef next = LLVMBuildAdd(cg->b, l->iv, ci64(cg, 1), "");
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(cg->b);
+  LLVMAddIncoming(l->iv, &next, &latch, 1);
+  LLVMBuildBr(cg->b, l->head);
+  LLVMPositionBuilderAtEnd(cg->b, l->exit);
+}
+
+static void fill(Cg *cg, LLVMValueRef base, LLVMValueRef count, LLVMValueRef v) {
+  Loop l = loop_begin(cg, count);
+  store_at(cg, v, base, l.iv);
+  loop_end(cg, &l);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operands
+
+static bool is_scalar_val(Cg *cg, int v) { return cg->ir->ins[v].shape.rank == 0; }
+
+// The value of a scalar operand (loaded once, before any loop that uses it).
+static LLVMValueRef scalar(Cg *cg, int v) {
+  if (cg->imm[v])
+    return cg->imm[v];
+  return LLVMBuildLoad2(cg->b, cg->f32, cg->buf[v], "");
+}
+
+// Offset of an operand with shape `in` inside a loop nest over `out` with indices idx[].
+static LLVMValueRef bcast_offset(Cg *cg, Shape in, Shape out, LLVMValueRef *idx) {
+  LLVMValueRef off = ci64(cg, 0), stride = ci64(cg, 1);
+  for (int i = out.rank - 1, j = in.rank - 1; j >= 0; i--, j--) {
+    if (in.dim[j] != 1)
+      off = LLVMBuildAdd(cg->b, off, LLVMBuildMul(cg->b, idx[i], stride, ""), "");
+    stride = LLVMBuildMul(cg->b, stride, dim_val(cg, in.dim[j]), "");
+  }
+  return off;
+}
+
+static LLVMValueRef elementwise(Cg *cg, Op op, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c,
+                                int barg, Fn *fn) {
+  LLVMBuilderRef B = cg->b;
+  LLVMValueRef t;
+  switch (op) {
+  case OP_NEG: return LLVMBuildFNeg(B, a, "");
+  case OP_EXP: return intrinsic1(cg, "llvm.exp", a);
+  case OP_LOG: return intrinsic1(cg, "llvm.log", a);
+  case OP_SQRT: return intrinsic1(cg, "llvm.sqrt", a);
+  case OP_TANH: {
+    LLVMTypeRef f = cg->f32;
+    return call(cg, "tanhf", cg->f32, &f, 1, &a);
+  }
+  case OP_SIGMOID:
+    t = intrinsic1(cg, "llvm.exp", LLVMBuildFNeg(B, a, ""));
+    return LLVMBuildFDiv(B, cf32(cg, 1), LLVMBuildFAdd(B, cf32(cg, 1), t, ""), "");
+  case OP_ABS: return intrinsic1(cg, "llvm.fabs", a);
+  case OP_SIN: return intrinsic1(cg, "llvm.sin", a);
+  case OP_COS: return intrinsic1(cg, "llvm.cos", a);
+  case OP_FLOOR: return intrinsic1(cg, "llvm.floor", a);
+  case OP_ADD: return LLVMBuildFAdd(B, a, b, "");
+  case OP_SUB: return LLVMBuildFSub(B, a, b, "");
+  case OP_MUL: return LLVMBuildFMul(B, a, b, "");
+  case OP_DIV: return LLVMBuildFDiv(B, a, b, "");
+  case OP_POW: {
+    double e;
+    if (barg >= 0 && ir_is_const(fn, barg, &e) && e == 2)
+      return LLVMBuildFMul(B, a, a, "");
+    return intrinsic2(cg, "llvm.pow", a, b);
+  }
+  // NaN in a propagates (unordered compares are true), as in torch.maximum
+  case OP_MAX: return LLVMBuildSelect(B, LLVMBuildFCmp(B, LLVMRealUGT, a, b, ""), a, b, "");
+  case OP_MIN: return LLVMBuildSelect(B, LLVMBuildFCmp(B, LLVMRealULT, a, b, ""), a, b, "");
+#define CMP(pred) LLVMBuildUIToFP(B, LLVMBuildFCmp(B, pred, a, b, ""), cg->f32, "")
+  case OP_LT: return CMP(LLVMRealOLT);
+  case OP_LE: return CMP(LLVMRealOLE);
+  case OP_GT: return CMP(LLVMRealOGT);
+  case OP_GE: return CMP(LLVMRealOGE);
+  case OP_EQ: return CMP(LLVMRealOEQ);
+  case OP_NE: return CMP(LLVMRealUNE);
+#undef CMP
+  case OP_SELECT:
+    return LLVMBuildSelect(B, LLVMBuildFCmp(B, LLVMRealUNE, a, cf32(cg, 0), ""), b, c, "");
+  default: die("elementwise: %s", op_names[op]);
+  }
+}
+
+// An elementwise instruction (or a STORE, which is a broadcast copy).
+static void gen_elementwise(Cg *cg, int i, LLVMValueRef dst) {
+  Fn *fn = cg->ir;
+  Ins *ins = &fn->ins[i];
+  int na = ins->op == OP_STORE ? 1 : op_nargs[ins->op];
+  bool flat = true;
+  for (int k = 0; k < na; k++)
+    if (!is_scalar_val(cg, ins->arg[k]) && !shape_eq(fn->ins[ins->arg[k]].shape, ins->shape))
+      flat = false;
+  LLVMValueRef sc[3] = {0};
+  for (int k = 0; k < na; k++)
+    if (is_scalar_val(cg, ins->arg[k]))
+      sc[k] = scalar(cg, ins->arg[k]);
+  Op op = ins->op == OP_STORE ? OP_ADD : ins->op;  // a store is x + 0 without the add
+  if (flat) {
+    Loop l = loop_begin(cg, numel(cg, ins->shape));
+    LLVMValueRef v[3] = {0};
+    for (int k = 0; k < na; k++)
+      v[k] = sc[k] ? sc[k] : load_at(cg, cg->buf[ins->arg[k]], l.iv);
+    LLVMValueRef r = ins->op == OP_STORE ? v[0] : elementwise(cg, op, v[0], v[1], v[2], ins->arg[1], fn);
+    store_at(cg, r, dst, l.iv);
+    loop_end(cg, &l);
+    return;
+  }
+  // a loop per dimension; operands index with their own strides
+  Loop loops[MAX_RANK];
+  LLVMValueRef idx[MAX_RANK];
+  for (int d = 0; d < ins->shape.rank; d++) {
+    loops[d] = loop_begin(cg, dim_val(cg, ins->shape.dim[d]));
+    idx[d] = loops[d].iv;
+  }
+  LLVMValueRef v[3] = {0};
+  for (int k = 0; k < na; k++)
+    v[k] = sc[k] ? sc[k] : load_at(cg, cg->buf[ins->arg[k]],
+                                   bcast_offset(cg, fn->ins[ins->arg[k]].shape, ins->shape, idx));
+  LLVMValueRef r = ins->op == OP_STORE ? v[0] : elementwise(cg, op, v[0], v[1], v[2], ins->arg[1], fn);
+  store_at(cg, r, dst, bcast_offset(cg, ins->shape, ins->shape, idx));
+  for (int d = ins->shape.rank - 1; d >= 0; d--)
+    loop_end(cg, &loops[d]);
+}
+
+// outer × len × inner view of a reduction's input, with the axis of length len.
+static void reduce_dims(Cg *cg, Shape a, int axis, LLVMValueRef *outer, LLVMValueRef *len,
+                        LLVMValueRef *inner) {
+  if (axis < 0) {
+    *outer = ci64(cg, 1), *len = numel(cg, a), *inner = ci64(cg, 1);
+    return;
+  }
+  Shape o = {0}, in = {0};
+  for (int i = 0; i < axis; i++)
+    o.dim[o.rank++] = a.dim[i];
+  for (int i = axis + 1; i < a.rank; i++)
+    in.dim[in.rank++] = a.dim[i];
+  *outer = numel(cg, o), *len = dim_val(cg, a.dim[axis]), *inner = numel(cg, in);
+}
+
+static void gen_reduce(Cg *cg, int i, LLVMValueRef dst) {
+  Fn *fn = cg->ir;
+  Ins *ins = &fn->ins[i];
+  LLVMBuilderRef B = cg->b;
+  LLVMValueRef src = cg->buf[ins->arg[0]], outer, len, inner;
+  reduce_dims(cg, fn->ins[ins->arg[0]].shape, ins->axis, &outer, &len, &inner);
+  LLVMValueRef cnt = numel(cg, ins->shape);
+  bool is_max = ins->op == OP_RMAX || ins->op == OP_LSE;
+  fill(cg, dst, cnt, cf32(cg, is_max ? -1.0 / 0.0 : 0));
+  // pass 1: sum or max; pass 2 (LSE): Σ exp(a - max) into the second slot
+  for (int pass = 0; pass < (ins->op == OP_LSE ? 2 : 1); pass++) {
+    LLVMValueRef acc = pass ? gep(cg, dst, cnt) : dst;  // LSE's sums follow its slot
+    if (pass)
+      fill(cg, acc, cnt, cf32(cg, 0));
+    Loop lo = loop_begin(cg, outer);
+    Loop ll = loop_begin(cg, len);
+    Loop li = loop_begin(cg, inner);
+    LLVMValueRef oi = LLVMBuildAdd(B, LLVMBuildMul(B, lo.iv, inner, ""), li.iv, "");
+    LLVMValueRef ai = LLVMBuildAdd(
+        B, LLVMBuildMul(B, LLVMBuildAdd(B, LLVMBuildMul(B, lo.iv, len, ""), ll.iv, ""), inner, ""),
+        li.iv, "");
+    LLVMValueRef x = load_at(cg, src, ai), cur = load_at(cg, acc, oi), r;
+    if (pass)
+      r = LLVMBuildFAdd(B, cur, intrinsic1(cg, "llvm.exp", LLVMBuildFSub(B, x, load_at(cg, dst, oi), "")), "");
+    else if (is_max)
+      r = LLVMBuildSelect(B, LLVMBuildFCmp(B, LLVMRealUGT, x, cur, ""), x, cur, "");
+    else
+      r = LLVMBuildFAdd(B, cur, x, "");
+    store_at(cg, r, acc, oi);
+    loop_end(cg, &li);
+    loop_end(cg, &ll);
+    loop_end(cg, &lo);
+  }
+  if (ins->op == OP_LSE || ins->op == OP_MEAN) {
+    LLVMValueRef lenf = LLVMBuildSIToFP(B, len, cg->f32, "");
+    Loop l = loop_begin(cg, cnt);
+    LLVMValueRef v = load_at(cg, dst, l.iv);
+    if (ins->op == OP_MEAN)
+      v = LLVMBuildFDiv(B, v, lenf, "");
+    else
+      v = LLVMBuildFAdd(B, v, intrinsic1(cg, "llvm.log", load_at(cg, gep(cg, dst, cnt), l.iv)), "");
+    store_at(cg, v, dst, l.iv);
+    loop_end(cg, &l);
+  }
+}
+
+static void gen_matmul(Cg *cg, int i, LLVMValueRef dst) {
+  Fn *fn = cg->ir;
+  Ins *ins = &fn->ins[i];
+  Shape as = fn->ins[ins->arg[0]].shape, bs = fn->ins[ins->arg[1]].shape;
+  LLVMBuilderRef B = cg->b;
+#define I32(v) LLVMBuildTrunc(B, v, cg->i32, "")
+  LLVMValueRef M = dim_val(cg, ins->shape.dim[0]), N = dim_val(cg, ins->shape.dim[1]);
+  LLVMValueRef K = dim_val(cg, ins->ta ? as.dim[0] : as.dim[1]);
+  LLVMValueRef lda = dim_val(cg, as.dim[1]), ldb = dim_val(cg, bs.dim[1]);
+  LLVMTypeRef pt[14] = {cg->i32, cg->i32, cg->i32, cg->i32, cg->i32, cg->i32, cg->f32,
+                        cg->ptr, cg->i32, cg->ptr, cg->i32, cg->f32, cg->ptr, cg->i32};
+  LLVMValueRef args[14] = {
+      LLVMConstInt(cg->i32, 101, 0),                    // CblasRowMajor
+      LLVMConstInt(cg->i32, ins->ta ? 112 : 111, 0),    // CblasTrans / CblasNoTrans
+      LLVMConstInt(cg->i32, ins->tb ? 112 : 111, 0),
+      I32(M), I32(N), I32(K), cf32(cg, 1),
+      cg->buf[ins->arg[0]], I32(lda), cg->buf[ins->arg[1]], I32(ldb), cf32(cg, 0),
+      dst, I32(N)};
+#undef I32
+  call(cg, "cblas_sgemm", cg->vd, pt, 14, args);
+}
+
+static void gen_ins(Cg *cg, int i) {
+  Fn *fn = cg->ir;
+  Ins *ins = &fn->ins[i];
+  LLVMBuilderRef B = cg->b;
+  LLVMValueRef dst = cg->buf[i];
+  switch (op_class[ins->op]) {
+  case OC_UNARY: case OC_BINARY: case OC_SELECT: gen_elementwise(cg, i, dst); return;
+  case OC_REDUCE: gen_reduce(cg, i, dst); return;
+  default: break;
+  }
+  switch (ins->op) {
+  case OP_INPUT: case OP_CONST: case OP_TENSOR: case OP_RESHAPE: return;  // no code
+  case OP_STORE: gen_elementwise(cg, i, cg->buf[i]); return;
+  case OP_RAND: {
+    LLVMTypeRef pt[5] = {cg->ptr, cg->i64, cg->i64, cg->i64, cg->i64};
+    LLVMValueRef t = LLVMBuildFPToSI(B, LLVMBuildLoad2(B, cg->f64, LLVMBuildInBoundsGEP2(B, cg->f64, cg->in, (LLVMValueRef[]){ci64(cg, IN_T)}, 1, ""), ""), cg->i64, "");
+    LLVMValueRef args[5] = {dst, numel(cg, ins->shape), cg->seed, ci64(cg, ins->seq), t};
+    call(cg, "krt_rand_fill", cg->vd, pt, 5, args);
+    return;
+  }
+  case OP_MATMUL: gen_matmul(cg, i, dst); return;
+  case OP_TRANSPOSE: {
+    Shape as = fn->ins[ins->arg[0]].shape;
+    LLVMValueRef R = dim_val(cg, as.dim[0]), C = dim_val(cg, as.dim[1]);
+    Loop lr = loop_begin(cg, R), lc = loop_begin(cg, C);
+    LLVMValueRef v = load_at(cg, cg->buf[ins->arg[0]], LLVMBuildAdd(B, LLVMBuildMul(B, lr.iv, C, ""), lc.iv, ""));
+    store_at(cg, v, dst, LLVMBuildAdd(B, LLVMBuildMul(B, lc.iv, R, ""), lr.iv, ""));
+    loop_end(cg, &lc), loop_end(cg, &lr);
+    return;
+  }
+  case OP_EXPAND: {
+    LLVMValueRef outer, len, inner;
+    reduce_dims(cg, ins->shape, ins->axis, &outer, &len, &inner);
+    Loop lo = loop_begin(cg, outer), ll = loop_begin(cg, len), li = loop_begin(cg, inner);
+    LLVMValueRef ai = LLVMBuildAdd(B, LLVMBuildMul(B, lo.iv, inner, ""), li.iv, "");
+    LLVMValueRef oi = LLVMBuildAdd(B, LLVMBuildMul(B, LLVMBuildAdd(B, LLVMBuildMul(B, lo.iv, len, ""), ll.iv, ""), inner, ""), li.iv, "");
+    LLVMValueRef v = is_scalar_val(cg, ins->arg[0]) ? scalar(cg, ins->arg[0]) : load_at(cg, cg->buf[ins->arg[0]], ai);
+    store_at(cg, v, dst, oi);
+    loop_end(cg, &li), loop_end(cg, &ll), loop_end(cg, &lo);
+    return;
+  }
+  case OP_SUMTO: {
+    Shape as = fn->ins[ins->arg[0]].shape;
+    fill(cg, dst, numel(cg, ins->shape), cf32(cg, 0));
+    Loop loops[MAX_RANK];
+    LLVMValueRef idx[MAX_RANK];
+    for (int d = 0; d < as.rank; d++)
+      loops[d] = loop_begin(cg, dim_val(cg, as.dim[d])), idx[d] = loops[d].iv;
+    LLVMValueRef x = load_at(cg, cg->buf[ins->arg[0]], bcast_offset(cg, as, as, idx));
+    LLVMValueRef oi = bcast_offset(cg, ins->shape, as, idx);
+    store_at(cg, LLVMBuildFAdd(B, load_at(cg, dst, oi), x, ""), dst, oi);
+    for (int d = as.rank - 1; d >= 0; d--)
+      loop_end(cg, &loops[d]);
+    return;
+  }
+  case OP_PICK:
+  case OP_PICKGRAD: {
+    Shape wide = ins->op == OP_PICK ? fn->ins[ins->arg[0]].shape : ins->shape;
+    LLVMValueRef R = dim_val(cg, wide.dim[0]), K = dim_val(cg, wide.dim[1]);
+    if (ins->op == OP_PICKGRAD)
+      fill(cg, dst, LLVMBuildMul(B, R, K, ""), cf32(cg, 0));
+    Loop l = loop_begin(cg, R);
+    LLVMValueRef k = LLVMBuildFPToSI(B, load_at(cg, cg->buf[ins->arg[1]], l.iv), cg->i64, "");
+    LLVMValueRef wi = LLVMBuildAdd(B, LLVMBuildMul(B, l.iv, K, ""), k, "");
+    LLVMValueRef a = ins->op == OP_PICK ? load_at(cg, cg->buf[ins->arg[0]], wi)
+                                        : load_at(cg, cg->buf[ins->arg[0]], l.iv);
+    store_at(cg, a, dst, ins->op == OP_PICK ? l.iv : wi);
+    loop_end(cg, &l);
+    return;
+  }
+  default: die("codegen: %s", op_names[ins->op]);
+  }
+}
+
+// Sets up buffer pointers and immediate values, then emits every instruction in order.
+static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
+  LLVMBuilderRef B = cg->b;
+  cg->ir = ir, cg->slot = slot;
+  cg->buf = arena_alloc(sizeof(LLVMValueRef) * (size_t)(ir->len + 1));
+  cg->imm = arena_alloc(sizeof(LLVMValueRef) * (size_t)(ir->len + 1));
+  for (int i = 0; i < ir->len; i++) {
+    Ins *ins = &ir->ins[i];
+    int s = slot[i];
+    if (ins->op == OP_CONST)
+      cg->imm[i] = cf32(cg, ins->imm);
+    else if (ins->op == OP_INPUT && ins->input == IN_N)
+      cg->imm[i] = LLVMBuildSIToFP(B, cg->n, cg->f32, "n");
+    else if (ins->op == OP_INPUT && s < 0)
+      cg->imm[i] = LLVMBuildFPTrunc(B, LLVMBuildLoad2(B, cg->f64, LLVMBuildInBoundsGEP2(B, cg->f64, cg->in, (LLVMValueRef[]){ci64(cg, ins->input)}, 1, ""), ""), cg->f32, "");
+    if (s >= 0) {
+      LLVMValueRef idx = ci64(cg, s);
+      cg->buf[i] = LLVMBuildLoad2(B, cg->ptr, LLVMBuildInBoundsGEP2(B, cg->ptr, slots, &idx, 1, ""), "");
+    }
+  }
+  for (int i = 0; i < ir->len; i++)
+    gen_ins(cg, i);
+}
+
+static LLVMValueRef gen_step(Cg *cg, const char *name, Fn *ir, int *slot) {
+  LLVMTypeRef params[4] = {cg->ptr, cg->i64, cg->ptr, cg->i64};
+  cg->fn = LLVMAddFunction(cg->mod, name, LLVMFunctionType(cg->vd, params, 4, 0));
+  LLVMPositionBuilderAtEnd(cg->b, LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "entry"));
+  cg->n = LLVMGetParam(cg->fn, 1), cg->in = LLVMGetParam(cg->fn, 2), cg->seed = LLVMGetParam(cg->fn, 3);
+  gen_body(cg, ir, slot, LLVMGetParam(cg->fn, 0));
+  LLVMBuildRetVoid(cg->b);
+  return cg->fn;
+}
+
+static LLVMValueRef gen_schedule(Cg *cg, Prog *p) {
+  LLVMTypeRef params[2] = {cg->ptr, cg->ptr};
+  cg->fn = LLVMAddFunction(cg->mod, "schedule", LLVMFunctionType(cg->f32, params, 2, 0));
+  LLVMPositionBuilderAtEnd(cg->b, LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "entry"));
+  cg->n = ci64(cg, 1), cg->in = LLVMGetParam(cg->fn, 1), cg->seed = ci64(cg, 0);
+  gen_body(cg, p->sched, p->slot_sched, LLVMGetParam(cg->fn, 0));
+  LLVMBuildRet(cg->b, scalar(cg, p->sched_out));
+  return cg->fn;
+}
+
+// ---------------------------------------------------------------------------------------------
+// keel_main: the training loop
+
+static LLVMValueRef rt(Cg *cg, const char *name, LLVMTypeRef ret, int np, LLVMTypeRef *pt,
+                       LLVMValueRef *args) {
+  return call(cg, name, ret, pt, np, args);
+}
+
+static void set_in(Cg *cg, LLVMValueRef in, int k, LLVMValueRef v) {
+  LLVMValueRef idx = ci64(cg, k);
+  LLVMBuildStore(cg->b, v, LLVMBuildInBoundsGEP2(cg->b, cg->f64, in, &idx, 1, ""));
+}
+
+static LLVMValueRef slot_ptr(Cg *cg, LLVMValueRef slots, int s) {
+  LLVMValueRef idx = ci64(cg, s);
+  return LLVMBuildLoad2(cg->b, cg->ptr, LLVMBuildInBoundsGEP2(cg->b, cg->ptr, slots, &idx, 1, ""), "");
+}
+
+// The evaluation loop over set `which` (KRT_VAL = 1, KRT_TEST = 2).
+static void gen_eval_loop(Cg *cg, Prog *p, LLVMValueRef eval, LLVMValueRef r, LLVMValueRef slots,
+                          LLVMValueRef in, LLVMValueRef seed, int which) {
+  LLVMBuilderRef B = cg->b;
+  LLVMTypeRef p2[2] = {cg->ptr, cg->i32}, p5[5] = {cg->ptr, cg->i32, cg->i64, cg->ptr, cg->ptr};
+  LLVMValueRef w = LLVMConstInt(cg->i32, (unsigned long long)which, 0);
+  LLVMValueRef nb = rt(cg, "krt_eval_begin", cg->i64, 2, p2, (LLVMValueRef[]){r, w});
+  LLVMValueRef X = slot_ptr(cg, slots, p->x_slot), Y = slot_ptr(cg, slots, p->y_slot);
+  Loop l = loop_begin(cg, nb);
+  LLVMValueRef n = rt(cg, "krt_eval_batch", cg->i64, 5, p5, (LLVMValueRef[]){r, w, l.iv, X, Y});
+  LLVMTypeRef ps[4] = {cg->ptr, cg->i64, cg->ptr, cg->i64};
+  LLVMBuildCall2(B, LLVMFunctionType(cg->vd, ps, 4, 0), eval, (LLVMValueRef[]){slots, n, in, seed}, 4, "");
+  LLVMValueRef loss = LLVMBuildLoad2(B, cg->f32, slot_ptr(cg, slots, p->slot_eval[p->eval_loss]), "");
+  LLVMTypeRef pe[7] = {cg->ptr, cg->i32, cg->f32, cg->ptr, cg->ptr, cg->i64};
+  rt(cg, "krt_eval_step_end", cg->vd, 6, pe,
+     (LLVMValueRef[]){r, w, loss, slot_ptr(cg, slots, p->slot_eval[p->eval_out]), Y, n});
+  loop_end(cg, &l);
+}
+
+static void gen_main(Cg *cg, Prog *p, LLVMValueRef train, LLVMValueRef eval, LLVMValueRef sched) {
+  LLVMBuilderRef B = cg->b;
+  LLVMTypeRef params[3] = {cg->ptr, cg->ptr, cg->i64};
+  cg->fn = LLVMAddFunction(cg->mod, "keel_main", LLVMFunctionType(cg->vd, params, 3, 0));
+  LLVMPositionBuilderAtEnd(B, LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "entry"));
+  LLVMValueRef r = LLVMGetParam(cg->fn, 0), slots = LLVMGetParam(cg->fn, 1), seed = LLVMGetParam(cg->fn, 2);
+  LLVMValueRef in = LLVMBuildArrayAlloca(B, cg->f64, ci64(cg, IN_COUNT), "in");
+  for (int k = 0; k < IN_COUNT; k++)
+    set_in(cg, in, k, LLVMConstReal(cg->f64, 0));
+  set_in(cg, in, IN_BASE, LLVMConstReal(cg->f64, p->base_lr));
+  LLVMTypeRef p1 = cg->ptr, p2[2] = {cg->ptr, cg->i64}, p4[4] = {cg->ptr, cg->i64, cg->ptr, cg->ptr};
+  LLVMValueRef epochs = rt(cg, "krt_epochs", cg->i64, 1, &p1, &r);
+  LLVMValueRef total = rt(cg, "krt_total_steps", cg->i64, 1, &p1, &r);
+  set_in(cg, in, IN_STEPS, LLVMBuildSIToFP(B, total, cg->f64, ""));
+  LLVMValueRef X = slot_ptr(cg, slots, p->x_slot), Y = slot_ptr(cg, slots, p->y_slot);
+  LLVMBasicBlockRef finish = LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "finish");
+
+  Loop le = loop_begin(cg, epochs);
+  set_in(cg, in, IN_EPOCH, LLVMBuildSIToFP(B, le.iv, cg->f64, ""));
+  LLVMValueRef nb = rt(cg, "krt_epoch_begin", cg->i64, 2, p2, (LLVMValueRef[]){r, le.iv});
+  Loop lb = loop_begin(cg, nb);
+  LLVMValueRef n = rt(cg, "krt_train_batch", cg->i64, 4, p4, (LLVMValueRef[]){r, lb.iv, X, Y});
+  LLVMValueRef step = rt(cg, "krt_step", cg->i64, 1, &p1, &r);
+  set_in(cg, in, IN_STEP, LLVMBuildSIToFP(B, step, cg->f64, ""));
+  set_in(cg, in, IN_T, LLVMBuildSIToFP(B, LLVMBuildAdd(B, step, ci64(cg, 1), ""), cg->f64, ""));
+  LLVMTypeRef pl[2] = {cg->ptr, cg->ptr};
+  LLVMValueRef lr = LLVMBuildCall2(B, LLVMFunctionType(cg->f32, pl, 2, 0), sched, (LLVMValueRef[]){slots, in}, 2, "lr");
+  set_in(cg, in, IN_LR, LLVMBuildFPExt(B, lr, cg->f64, ""));
+  LLVMTypeRef ps[4] = {cg->ptr, cg->i64, cg->ptr, cg->i64};
+  LLVMBuildCall2(B, LLVMFunctionType(cg->vd, ps, 4, 0), train, (LLVMValueRef[]){slots, n, in, seed}, 4, "");
+  LLVMValueRef loss = LLVMBuildLoad2(B, cg->f32, slot_ptr(cg, slots, p->slot_train[p->train_loss]), "");
+  LLVMTypeRef pe[6] = {cg->ptr, cg->f32, cg->ptr, cg->ptr, cg->i64, cg->f32};
+  LLVMValueRef stop = rt(cg, "krt_train_step_end", cg->i32, 6, pe,
+                         (LLVMValueRef[]){r, loss, slot_ptr(cg, slots, p->slot_train[p->train_out]), Y, n, lr});
+  LLVMBasicBlockRef cont = LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "next_batch");
+  LLVMBuildCondBr(B, LLVMBuildICmp(B, LLVMIntNE, stop, LLVMConstInt(cg->i32, 0, 0), ""), lb.exit, cont);
+  LLVMPositionBuilderAtEnd(B, cont);
+  loop_end(cg, &lb);
+  gen_eval_loop(cg, p, eval, r, slots, in, seed, 1);
+  LLVMValueRef done = rt(cg, "krt_epoch_end", cg->i32, 1, &p1, &r);
+  LLVMBasicBlockRef cont2 = LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "next_epoch");
+  LLVMBuildCondBr(B, LLVMBuildICmp(B, LLVMIntNE, done, LLVMConstInt(cg->i32, 0, 0), ""), finish, cont2);
+  LLVMPositionBuilderAtEnd(B, cont2);
+  loop_end(cg, &le);
+  LLVMBuildBr(B, finish);
+  LLVMPositionBuilderAtEnd(B, finish);
+  gen_eval_loop(cg, p, eval, r, slots, in, seed, 2);
+  LLVMBuildRetVoid(B);
+}
+
+void *cg_module(Prog *p, void *llvm_context) {
+  Cg cg = {.ctx = llvm_context, .p = p};
+  cg.mod = LLVMModuleCreateWithNameInContext(p->model_name, cg.ctx);
+  cg.b = LLVMCreateBuilderInContext(cg.ctx);
+  cg.f32 = LLVMFloatTypeInContext(cg.ctx), cg.f64 = LLVMDoubleTypeInContext(cg.ctx);
+  cg.i64 = LLVMInt64TypeInContext(cg.ctx), cg.i32 = LLVMInt32TypeInContext(cg.ctx);
+  cg.ptr = LLVMPointerTypeInContext(cg.ctx, 0), cg.vd = LLVMVoidTypeInContext(cg.ctx);
+  LLVMValueRef train = gen_step(&cg, "train_step", p->train, p->slot_train);
+  LLVMValueRef eval = gen_step(&cg, "eval_step", p->eval, p->slot_eval);
+  LLVMValueRef sched = gen_schedule(&cg, p);
+  gen_main(&cg, p, train, eval, sched);
+  LLVMDisposeBuilder(cg.b);
+  return cg.mod;
+}

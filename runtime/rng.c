@@ -1,0 +1,48 @@
+// rng.c — Keel's random numbers: a counter-based generator.
+//
+// Key idea: there is no generator state. Every number is a pure function of a 64-bit key and
+// a counter (the splitmix64 finalizer applied to key + (counter + 1)·φ), so initialization,
+// dropout masks and shuffles give the same numbers for the same seed in any order, on any
+// thread, in the JIT and in a built trainer. Streams are separated by hashing the seed with a
+// stream number into a new key (krt_hash(seed, 1000 + i) for tensor i, and so on).
+
+#include "keelrt.h"
+
+#include <math.h>
+
+uint64_t krt_hash(uint64_t key, uint64_t counter) {
+  uint64_t z = key + (counter + 1) * 0x9E3779B97F4A7C15ull;  // φ·2^64, the golden-ratio step
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+float krt_uniform(uint64_t key, uint64_t counter) {
+  // The top 24 bits: every value k·2^-24 is exactly a float, and 1 is never reached.
+  return (float)(krt_hash(key, counter) >> 40) * (1.0f / 16777216.0f);
+}
+
+float krt_normal(uint64_t key, uint64_t counter) {
+  // Box–Muller. u1 is in (0, 1] so the logarithm is finite; double precision keeps the tails.
+  double u1 = 1.0 - (double)krt_uniform(key, 2 * counter);
+  double u2 = (double)krt_uniform(key, 2 * counter + 1);
+  return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+}
+
+void krt_rand_fill(float *out, int64_t count, uint64_t seed, uint64_t stream, uint64_t step) {
+  uint64_t key = krt_hash(krt_hash(seed, stream), step);
+  for (int64_t i = 0; i < count; i++)
+    out[i] = krt_uniform(key, (uint64_t)i);
+}
+
+void krt_permutation(int64_t *perm, int64_t n, uint64_t key) {
+  for (int64_t i = 0; i < n; i++)
+    perm[i] = i;
+  // Fisher–Yates from the end; the modulo bias is below 2^-40 for any n we can hold.
+  for (int64_t i = n - 1; i > 0; i--) {
+    int64_t j = (int64_t)(krt_hash(key, (uint64_t)i) % (uint64_t)(i + 1));
+    int64_t t = perm[i];
+    perm[i] = perm[j];
+    perm[j] = t;
+  }
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# tests/run.sh — every test `make test` runs, and one summary line: "N passed, N failed".
+#
+#   unit       build/test/test_* (C unit tests: parser, gradients, runtime, ...); each prints
+#              its own "N passed, N failed", which is added up here
+#   errors     tests/errors/NAME.nn must fail `keel check` with exit status 1 and print
+#              exactly tests/errors/NAME.err on stderr
+#   end to end the examples train through the JIT and reach their accuracy; the same seed
+#              gives byte-identical weights; the emit commands show each stage
+#
+# Run from the repository root after `make`. `tests/run.sh errors` runs one group.
+set -u
+cd "$(dirname "$0")/.."
+KEEL=${KEEL:-./build/keel}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+passed=0 failed=0
+ok() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+only=${1:-all}
+
+# json FILE KEY: the value of a top-level key of report.json
+json() { sed -n "s/^  \"$2\": \([^,]*\),\{0,1\}$/\1/p" "$1"; }
+# at_least VALUE MIN: exit status 0 when VALUE >= MIN
+at_least() { awk -v v="$1" -v m="$2" 'BEGIN { exit !(v != "" && v != "null" && v + 0 >= m + 0) }'; }
+
+if [ "$only" = all ] || [ "$only" = unit ]; then
+  for t in build/test/test_*; do
+    [ -x "$t" ] || continue
+    out=$("$t" 2>&1)
+    status=$?
+    line=$(printf '%s\n' "$out" | tail -n 1)
+    p=$(printf '%s' "$line" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
+    f=$(printf '%s' "$line" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
+    if [ -z "$p" ]; then
+      fail "$t: no summary line (exit status $status)"
+      printf '%s\n' "$out" | tail -n 20
+      continue
+    fi
+    passed=$((passed + p)) failed=$((failed + f))
+    if [ "$f" != 0 ] || [ $status != 0 ]; then
+      printf '%s\n' "$out" | grep -E '^FAIL' | head -n 30
+      [ "$f" != 0 ] || fail "$t: exit status $status"
+    fi
+    echo "$t: $line"
+  done
+fi
+
+if [ "$only" = all ] || [ "$only" = errors ]; then
+  n=0
+  for nn in tests/errors/*.nn; do
+    [ -e "$nn" ] || continue
+    n=$((n + 1))
+    want=${nn%.nn}.err
+    (cd tests/errors && "../../$KEEL" check "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
+    status=$?
+    if [ $status != 1 ]; then
+      fail "$nn: exit status $status, want 1"
+    elif ! cmp -s "$TMP/err" "$want"; then
+      fail "$nn: stderr differs from $want"
+      diff "$want" "$TMP/err" | head -n 10
+    else
+      ok
+    fi
+  done
+  echo "tests/errors: $n scripts"
+fi
+
+if [ "$only" = all ] || [ "$only" = e2e ]; then
+  # XOR reaches train accuracy 1
+  if $KEEL run examples/xor.nn --out "$TMP/xor" > "$TMP/xor.log" 2>&1; then
+    acc=$(json "$TMP/xor/report.json" train_accuracy)
+    at_least "$acc" 1 && ok || fail "xor: train_accuracy $acc, want 1"
+  else
+    fail "xor: keel run failed"; tail -n 5 "$TMP/xor.log"
+  fi
+  # the same seed twice: byte-identical weights
+  $KEEL run examples/xor.nn --out "$TMP/xor2" > /dev/null 2>&1
+  cmp -s "$TMP/xor/final.safetensors" "$TMP/xor2/final.safetensors" && ok ||
+    fail "xor: two runs with the same seed differ"
+  # another seed: other weights
+  $KEEL run examples/xor.nn --seed 2 --out "$TMP/xor3" > /dev/null 2>&1
+  cmp -s "$TMP/xor/final.safetensors" "$TMP/xor3/final.safetensors" &&
+    fail "xor: --seed 2 gives the same weights as seed 1" || ok
+  # --init continues from saved weights: loss starts where the first run ended
+  $KEEL run examples/xor.nn --epochs 1 --init "$TMP/xor/final.safetensors" --out "$TMP/xor4" > /dev/null 2>&1
+  acc=$(json "$TMP/xor4/report.json" train_accuracy)
+  at_least "$acc" 1 && ok || fail "xor --init: train_accuracy $acc after one epoch, want 1"
+
+  # Fashion-MNIST, one epoch: accuracy well above chance, and deterministic
+  if $KEEL run examples/fashion_mlp.nn --epochs 1 --out "$TMP/fm" > "$TMP/fm.log" 2>&1; then
+    acc=$(json "$TMP/fm/report.json" test_accuracy)
+    at_least "$acc" 0.80 && ok || fail "fashion_mlp: test_accuracy $acc after 1 epoch, want >= 0.80"
+    for k in epochs steps stopped train_loss train_accuracy val_loss val_accuracy test_loss \
+             samples_per_second compile_seconds parameters; do
+      [ -n "$(json "$TMP/fm/report.json" $k)" ] && ok || fail "fashion_mlp: report.json lacks $k"
+    done
+    [ "$(wc -l < "$TMP/fm/metrics.csv")" = 2 ] && ok || fail "fashion_mlp: metrics.csv should have a header and 1 row"
+  else
+    fail "fashion_mlp: keel run failed"; tail -n 5 "$TMP/fm.log"
+  fi
+  $KEEL run examples/fashion_mlp.nn --steps 50 --out "$TMP/fm2" > /dev/null 2>&1
+  $KEEL run examples/fashion_mlp.nn --steps 50 --out "$TMP/fm3" > /dev/null 2>&1
+  cmp -s "$TMP/fm2/final.safetensors" "$TMP/fm3/final.safetensors" && ok ||
+    fail "fashion_mlp: two runs with the same seed differ"
+  [ "$(json "$TMP/fm2/report.json" stopped)" = '"steps"' ] && ok || fail "fashion_mlp --steps 50: stopped is not \"steps\""
+  [ "$(json "$TMP/fm2/report.json" steps)" = 50 ] && ok || fail "fashion_mlp --steps 50: steps is not 50"
+
+  # the stages are visible
+  $KEEL emit ir examples/xor.nn > "$TMP/ir" 2>&1
+  grep -q "# backward (autodiff)" "$TMP/ir" && grep -q "pickgrad" "$TMP/ir" && ok ||
+    fail "emit ir: no backward pass"
+  $KEEL emit llvm examples/xor.nn > "$TMP/ll" 2>&1
+  grep -q "define void @train_step" "$TMP/ll" && grep -q "cblas_sgemm" "$TMP/ll" && ok ||
+    fail "emit llvm: no train_step calling cblas_sgemm"
+  $KEEL check examples/fashion_mlp.nn > "$TMP/check" 2>&1
+  grep -Eq "^total +235146$" "$TMP/check" && ok || fail "check: total parameters of fashion_mlp is not 235146"
+  $KEEL --version | grep -q '^keel ' && ok || fail "--version"
+  $KEEL --help | grep -q 'keel run FILE' && ok || fail "--help"
+fi
+
+echo "$passed passed, $failed failed"
+[ $failed = 0 ]
