@@ -79,7 +79,10 @@ TEST_BINS = $(TEST_SRCS:tests/unit/%.c=build/test/%)
 build/test/%: tests/unit/%.c $(LIB_OBJS) build/libkeelrt.a | build/test
 	$(CC) $(CFLAGS) $(BLAS_CFLAGS) -o $@ $< $(LIB_OBJS) build/libkeelrt.a $(LLVM_LIBS) $(RT_LIBS)
 
-tests: $(TEST_BINS)
+build/test/st_compare: tests/parity/compare.c | build/test
+	$(CC) $(CFLAGS) -o $@ $< -lcjson -lm
+
+tests: $(TEST_BINS) build/test/st_compare
 
 run: deps all
 	./build/keel run examples/fashion_mlp.nn

@@ -3,6 +3,8 @@
 #
 #   unit       build/test/test_* (C unit tests: parser, gradients, runtime, ...); each prints
 #              its own "N passed, N failed", which is added up here
+#   parity     tests/parity/NAME.nn trains from PyTorch's initial weights and must end within a
+#              relative error of 1e-4 of PyTorch's weights (written by tests/parity/gen.py)
 #   errors     tests/errors/NAME.nn must fail `keel check` with exit status 1 and print
 #              exactly tests/errors/NAME.err on stderr
 #   end to end the examples train through the JIT and reach their accuracy; the same seed
@@ -64,6 +66,21 @@ if [ "$only" = all ] || [ "$only" = errors ]; then
     fi
   done
   echo "tests/errors: $n scripts"
+fi
+
+if [ "$only" = all ] || [ "$only" = parity ]; then
+  # PyTorch reference cases (tests/parity/gen.py): weights after N steps, relative error 1e-4
+  for nn in tests/parity/*.nn; do
+    name=$(basename "${nn%.nn}")
+    if (cd tests/parity && "../../$KEEL" run "$name.nn" --init "$name.init.safetensors" \
+          --no-shuffle --out "$TMP/parity-$name") > "$TMP/parity.log" 2>&1 &&
+       build/test/st_compare "tests/parity/$name.want.safetensors" \
+          "$TMP/parity-$name/final.safetensors" 1e-4 > "$TMP/cmp.log"; then
+      ok
+    else
+      fail "parity $name"; cat "$TMP/parity.log" "$TMP/cmp.log" | tail -n 12
+    fi
+  done
 fi
 
 if [ "$only" = all ] || [ "$only" = e2e ]; then
