@@ -72,6 +72,27 @@ build/cc/%.o: compiler/%.c compiler/keel.h compiler/ops.def runtime/keelrt.h | b
 build/keel: $(CC_OBJS) build/libkeelrt.a
 	$(CC) -rdynamic -o $@ $(CC_OBJS) -Wl,--whole-archive build/libkeelrt.a -Wl,--no-whole-archive $(LLVM_LIBS) $(RT_LIBS)
 
+# --- the same compiler under AddressSanitizer and UBSan, for the error tests ----------------
+ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+              -I compiler -I runtime -I build $(LLVM_CFLAGS) $(BLAS_CFLAGS)
+ASAN_OBJS = $(CC_SRCS:compiler/%.c=build/asan/%.o) build/asan/lexer.o build/asan/parser.o \
+            $(RT_SRCS:runtime/%.c=build/asan/rt_%.o)
+
+build/asan:
+	@mkdir -p $@
+build/asan/%.o: compiler/%.c compiler/keel.h compiler/ops.def build/parser.h build/stdlib.inc | build/asan
+	$(CC) $(ASAN_CFLAGS) -c $< -o $@
+build/asan/rt_%.o: runtime/%.c runtime/keelrt.h | build/asan
+	$(CC) $(ASAN_CFLAGS) -c $< -o $@
+build/asan/lexer.o: build/lexer.c build/parser.h | build/asan
+	$(CC) $(ASAN_CFLAGS) -c $< -o $@
+build/asan/parser.o: build/parser.c build/parser.h | build/asan
+	$(CC) $(ASAN_CFLAGS) -c $< -o $@
+build/asan/keel: $(ASAN_OBJS)
+	$(CC) -fsanitize=address,undefined -rdynamic -o $@ $^ $(LLVM_LIBS) $(RT_LIBS)
+
+asan: build/asan/keel
+
 # --- tests ------------------------------------------------------------------------------------
 TEST_SRCS = $(wildcard tests/unit/test_*.c)
 TEST_BINS = $(TEST_SRCS:tests/unit/%.c=build/test/%)
@@ -87,11 +108,11 @@ tests: $(TEST_BINS) build/test/st_compare
 run: deps all
 	./build/keel run examples/fashion_mlp.nn
 
-test: deps all tests
+test: deps all tests asan
 	@bash tests/run.sh
 
 clean:
 	rm -rf build
 
-.PHONY: all deps run test tests clean
+.PHONY: all deps run test tests asan clean
 .SECONDARY:

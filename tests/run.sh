@@ -64,6 +64,15 @@ if [ "$only" = all ] || [ "$only" = errors ]; then
     else
       ok
     fi
+    # the same under AddressSanitizer and UBSan: the same message, no report
+    if [ -x build/asan/keel ]; then
+      (cd tests/errors && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 \
+        ../../build/asan/keel check "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
+      status=$?
+      if [ $status = 1 ] && cmp -s "$TMP/err" "$want"; then ok; else
+        fail "$nn under AddressSanitizer: exit status $status"; head -n 20 "$TMP/err"
+      fi
+    fi
   done
   echo "tests/errors: $n scripts"
 fi
