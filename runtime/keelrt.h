@@ -11,7 +11,7 @@
 //   krt_init_tensors(r);                   // PyTorch-style init from the seeded RNG
 //   if (init_path) krt_load_init(r, init_path);
 //   keel_main(r, bufs);                    // generated: epochs, batches, steps, evaluation
-//   krt_finish(r);                         // final.safetensors, metrics.csv, report.json
+//   status = krt_finish(r);                // final.safetensors, metrics.csv, report.json
 //   krt_run_free(r);
 //
 // Errors in data or checkpoint files name the file and what is wrong, leave nothing half
@@ -146,7 +146,42 @@ typedef struct {
   const KrtTensorDesc *tensors;
   int ntensors;
   int64_t parameters;     // trained parameters, for the report
+  // batching
+  bool drop_last;         // drop the last partial batch of each epoch (default: keep it);
+                          // a training set smaller than one batch is then an error
+  // early stopping (early_patience 0 = off), as Keras's EarlyStopping with
+  // restore_best_weights: stop when the monitored metric has not improved by more than
+  // early_min_delta for early_patience epochs; krt_train_end restores the best epoch's
+  // tensors. Without a val set, train_loss is monitored.
+  int early_patience;
+  double early_min_delta;
+  int early_monitor;      // KRT_MONITOR_VAL_LOSS or KRT_MONITOR_VAL_ACCURACY
+  // reduce the rate on a plateau (plateau_patience 0 = off), as torch's ReduceLROnPlateau
+  // (mode min on val_loss, or train_loss without a val set; relative threshold 1e-4):
+  // multiply the rate by plateau_factor (in (0, 1)) once more than plateau_patience epochs
+  // in a row failed to improve, then count again
+  int plateau_patience;
+  double plateau_factor;
+  // the divergence guard: a step whose loss or gradient is not finite, or (once 20 good
+  // steps were seen) whose loss is more than spike_factor times the median of the last 50
+  // good losses, is discarded
+  double spike_factor;    // 0 = no spike check
+  int guard_limit;        // events in a row that stop training (exit status 3); 0 = 3
+  // where to look for the first non-finite value when the guard fires, in order: the
+  // forward outputs of each layer, then the gradients, as the backward pass computes them
+  const struct KrtProbe *probes;
+  int nprobes;
 } KrtConfig;
+
+enum { KRT_MONITOR_VAL_LOSS, KRT_MONITOR_VAL_ACCURACY };
+
+// A buffer the guard inspects: count floats (times the batch size when per_row).
+typedef struct KrtProbe {
+  const char *what;       // "the output of dense2", "the gradient of dense1.weight"
+  float *data;
+  int64_t count;
+  bool per_row;
+} KrtProbe;
 
 typedef struct KrtRun KrtRun;
 
@@ -157,33 +192,84 @@ float *krt_tensor(KrtRun *r, int i);
 void krt_init_tensors(KrtRun *r);            // init from seed: key krt_hash(seed, 1000 + i)
 void krt_load_init(KrtRun *r, const char *path);  // --init: every PARAM and BUFFER by name
 // Ends the run: writes final.safetensors (params and buffers), metrics.csv, report.json
-// (atomically), and prints the report. Returns the process exit status (0).
+// (atomically), and prints the report and a summary in plain words. Returns the process
+// exit status: 0, or 3 when the guard stopped training.
 int krt_finish(KrtRun *r);
 
 // [generated] The training loop calls these, in this order:
 //   epochs = krt_epochs(r); total = krt_total_steps(r)
 //   for epoch: nb = krt_epoch_begin(r, epoch)
-//     for b < nb: n = krt_train_batch(r, b, x, y); step = krt_step(r); lr = schedule(...)
-//                 train_step(...); if (krt_train_step_end(r, loss, out, y, n, lr)) break
+//     for b < nb: n = krt_train_batch(r, b, x, y); step = krt_step(r)
+//                 lr = schedule(...) * krt_lr_scale(r)
+//                 train_step(...)  // commits only if krt_guard(r, loss, grad_sq, n)
+//                 if (krt_train_step_end(r, loss, out, y, n, lr)) break
 //     for b < krt_eval_begin(r, KRT_VAL): n = krt_eval_batch(r, KRT_VAL, b, x, y);
 //                 eval_step(...); krt_eval_step_end(r, KRT_VAL, loss, out, y, n)
 //     if (krt_epoch_end(r)) break
+//   krt_train_end(r)
 //   the same evaluation loop for KRT_TEST
 int64_t krt_epochs(KrtRun *r);
 int64_t krt_total_steps(KrtRun *r);   // batches per epoch × epochs, or steps when it is lower
 int64_t krt_step(KrtRun *r);          // global step from 0
 int64_t krt_epoch_begin(KrtRun *r, int64_t epoch);  // shuffles (unless no shuffle); batches
+                                                    // (full ones only with drop_last)
 int64_t krt_train_batch(KrtRun *r, int64_t b, float *x, float *y);  // copies batch b; rows
-// Accumulates loss and accuracy (argmax of out (n × classes) against y) and advances the step.
-// Returns 1 when the step limit is reached.
+// Accumulates loss and accuracy (argmax of out (n × classes) against y) and advances the step;
+// a step the guard discarded advances the step only (and its guard line is printed here).
+// Returns 1 when the step limit is reached or the guard stopped training.
 int krt_train_step_end(KrtRun *r, float loss, const float *out, const float *y, int64_t n,
                        float lr);
 int64_t krt_eval_begin(KrtRun *r, int which);        // batches of that set, 0 if it has none
 int64_t krt_eval_batch(KrtRun *r, int which, int64_t b, float *x, float *y);
+// (For the test set, or the val set when there is no test set, it also counts the
+// confusion matrix of the report.)
 void krt_eval_step_end(KrtRun *r, int which, float loss, const float *out, const float *y,
                        int64_t n);
-// Closes the epoch: a metrics row, the progress line. Returns 1 when training should stop
-// (the step limit was reached).
+// Closes the epoch: a metrics row, the progress line, the best epoch, early stopping and
+// on_plateau. Returns 1 when training should stop (the epochs are done, the step limit was
+// reached, early stopping fired or the guard stopped training).
 int krt_epoch_end(KrtRun *r);
+
+// [generated] The rate multiplier of the guard and on_plateau (1 until either acts); the
+// schedule's rate is multiplied by it.
+float krt_lr_scale(KrtRun *r);
+// [generated] Called by the training step after the backward pass, before any weight,
+// buffer or optimizer state is written: loss is the batch loss, grad_sq the sum of the
+// squares of every gradient. Returns 1 to commit the step, 0 to discard it; on 0 the event
+// is logged (step, epoch, the reason, the first probe holding a non-finite value), the rate
+// multiplier is halved, and after guard_limit events in a row training stops
+// (krt_train_step_end returns 1, krt_finish returns 3).
+int krt_guard(KrtRun *r, float loss, float grad_sq, int64_t n);
+// [generated] After the last epoch, before the test evaluation: when early stopping is on,
+// restores the best weights (every tensor, as they were at the end of the best epoch),
+// whatever the reason training ended, and writes them (params and buffers) to
+// best.safetensors in out_dir. Does nothing when early stopping is off.
+void krt_train_end(KrtRun *r);
+
+// ---------------------------------------------------------------------------------------------
+// conv.c — [generated] image kernels, NCHW. A convolution of x (n, c, h, w) with weights
+// (o, c, kh, kw), stride s, padding p, dilation d gives (n, o, oh, ow) with
+// oh = (h + 2p - d(kh - 1) - 1) / s + 1; col is scratch of c·kh·kw·oh·ow floats.
+
+void krt_conv2d(const float *x, const float *wt, float *y, int64_t n, int64_t c, int64_t h,
+                int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s, int64_t p, int64_t d,
+                float *col);
+void krt_conv2d_dx(const float *dy, const float *wt, float *dx, int64_t n, int64_t c,
+                   int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s,
+                   int64_t p, int64_t d, float *col);
+void krt_conv2d_dw(const float *x, const float *dy, float *dw, int64_t n, int64_t c,
+                   int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s,
+                   int64_t p, int64_t d, float *col);
+// Pooling over k × k windows of nc = n·c planes of h × w, stride s, padding p.
+void krt_maxpool(const float *x, float *y, int64_t nc, int64_t h, int64_t w, int64_t k,
+                 int64_t s, int64_t p);
+void krt_maxpool_dx(const float *x, const float *dy, float *dx, int64_t nc, int64_t h,
+                    int64_t w, int64_t k, int64_t s, int64_t p);
+void krt_maxpool_gather(const float *x, const float *g, float *y, int64_t nc, int64_t h,
+                        int64_t w, int64_t k, int64_t s, int64_t p);
+void krt_avgpool(const float *x, float *y, int64_t nc, int64_t h, int64_t w, int64_t k,
+                 int64_t s, int64_t p);
+void krt_avgpool_dx(const float *dy, float *dx, int64_t nc, int64_t h, int64_t w, int64_t k,
+                    int64_t s, int64_t p);
 
 #endif

@@ -638,6 +638,36 @@ static double num(cJSON *j, const char *key) {
   return cJSON_IsNumber(v) ? v->valuedouble : cJSON_IsNull(v) ? -1 : -2;
 }
 
+static cJSON *report_of(const char *dir, char **text) {
+  char name[128];
+  snprintf(name, sizeof name, "%s/report.json", dir);
+  *text = slurp(path_in(name), NULL);
+  cJSON *j = cJSON_Parse(*text ? *text : "");
+  CHECK(j != NULL, "%s parses:\n%s", name, *text ? *text : "(none)");
+  return j;
+}
+
+static int str_is(cJSON *j, const char *key, const char *want) {
+  cJSON *v = cJSON_GetObjectItem(j, key);
+  return cJSON_IsString(v) && strcmp(v->valuestring, want) == 0;
+}
+
+// Rows of a JSON array of arrays of numbers, compared with want (rows × cols).
+static int matrix_is(cJSON *m, const double *want, int rows, int cols) {
+  if (!cJSON_IsArray(m) || cJSON_GetArraySize(m) != rows)
+    return 0;
+  for (int i = 0; i < rows; i++) {
+    cJSON *row = cJSON_GetArrayItem(m, i);
+    if (cJSON_GetArraySize(row) != cols)
+      return 0;
+    for (int j = 0; j < cols; j++)
+      if (!cJSON_IsNumber(cJSON_GetArrayItem(row, j)) ||
+          cJSON_GetArrayItem(row, j)->valuedouble != want[i * cols + j])
+        return 0;
+  }
+  return 1;
+}
+
 static void test_run(void) {
   KrtConfig cfg = base_config();
   KrtRun *r = krt_run_new(&cfg);
@@ -694,6 +724,19 @@ static void test_run(void) {
   snprintf(want, sizeof want, "wrote %s/final.safetensors, metrics.csv, report.json\n",
            path_in("runs/smoke"));
   CHECK(strstr(out, want) != NULL, "wrote line in:\n%s", out);
+  // the summary: no val set, so the best epoch is by train_loss; the test set's confusion
+  // matrix (a perfect answer), rows true class, columns predicted, per-class accuracy last
+  const char *summary =
+      "best epoch: 1 of 2 (train_loss 1.0000)\n"
+      "no validation data: overfitting cannot be seen (`holdout 0.1` in the data block would "
+      "show it)\n"
+      "confusion matrix of the test set (rows: true class, columns: predicted class):\n"
+      "     0  1  2  accuracy\n"
+      "  0  4  0  0    1.0000\n"
+      "  1  0  3  0    1.0000\n"
+      "  2  0  0  3    1.0000\n";
+  p = strstr(out, want);
+  CHECK(p && strcmp(p + strlen(want), summary) == 0, "summary:\n%s", p ? p : out);
   free(out);
   CHECK(krt_step(r) == 6, "steps %lld", (long long)krt_step(r));
 
@@ -724,6 +767,14 @@ static void test_run(void) {
   cJSON *stopped = cJSON_GetObjectItem(rep, "stopped");
   CHECK(cJSON_IsString(stopped) && strcmp(stopped->valuestring, "epochs") == 0, "stopped");
   CHECK(json && strncmp(json, "{\n  \"epochs\": 2,\n  \"steps\": 6,\n", 31) == 0, "pretty");
+  double diag[] = {4, 0, 0, 0, 3, 0, 0, 0, 3};
+  cJSON *pca = cJSON_GetObjectItem(rep, "per_class_accuracy");
+  CHECK(matrix_is(cJSON_GetObjectItem(rep, "confusion_matrix"), diag, 3, 3) &&
+            cJSON_GetArraySize(pca) == 3 && cJSON_GetArrayItem(pca, 2)->valuedouble == 1 &&
+            num(rep, "best_epoch") == 1 && cJSON_IsFalse(cJSON_GetObjectItem(rep, "early_stopped")) &&
+            cJSON_IsNull(cJSON_GetObjectItem(rep, "train_val_gap")),
+        "report.json's new keys:\n%s", json);
+  CHECK(access(path_in("runs/smoke/best.safetensors"), F_OK) != 0, "no best.safetensors");
   cJSON_Delete(rep);
   free(json);
   CHECK(files_with(path_in("runs/smoke"), ".tmp.") == 0, "no temporary files");
@@ -806,6 +857,643 @@ static void test_run(void) {
              "tests/data/spaces.csv: label 0.25 is not a class number (the network has 3 outputs)");
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// the safety rails: drop_last, early stopping, on_plateau, the guard, the report
+
+static void test_drop_last(void) {
+  KrtConfig cfg = base_config();
+  cfg.drop_last = true;
+  KrtRun *r = krt_run_new(&cfg);
+  CHECK(krt_epoch_begin(r, 0) == 2 && krt_total_steps(r) == 4, "drop_last: 10 samples, batch 4");
+  float x[8], y[4];
+  CHECK(krt_train_batch(r, 0, x, y) == 4 && krt_train_batch(r, 1, x, y) == 4, "full batches");
+  CHECK(krt_eval_begin(r, KRT_TEST) == 3, "evaluation keeps every sample");
+  krt_run_free(r);
+  cfg.epochs = 0;
+  cfg.steps = 5;
+  r = krt_run_new(&cfg);
+  CHECK(krt_epochs(r) == 3 && krt_total_steps(r) == 5, "drop_last with steps %lld %lld",
+        (long long)krt_epochs(r), (long long)krt_total_steps(r));
+  krt_run_free(r);
+  cfg = base_config();
+  cfg.drop_last = true;
+  cfg.batch = 10;
+  r = krt_run_new(&cfg);
+  CHECK(krt_epoch_begin(r, 0) == 1, "batch = samples: one batch");
+  krt_run_free(r);
+  cfg.drop_last = false;
+  cfg.batch = 12;
+  r = krt_run_new(&cfg);
+  CHECK(krt_epoch_begin(r, 0) == 1, "without drop_last a small set is one partial batch");
+  krt_run_free(r);
+
+  run_cfg = base_config();
+  run_cfg.drop_last = true;
+  run_cfg.batch = 12;
+  CHECK_FAIL(run_new_child, NULL,
+             "drop_last with batch 12 leaves no batch: the training set has 10 samples");
+  run_cfg.batch = 128;
+  run_cfg.holdout = 0.2;  // what the holdout leaves
+  CHECK_FAIL(run_new_child, NULL,
+             "drop_last with batch 128 leaves no batch: the training set has 7 samples");
+}
+
+static KrtRun *batch_run;
+static void train_batch_child(void *arg) {
+  float x[8], y[4];
+  krt_epoch_begin(batch_run, 0);
+  krt_train_batch(batch_run, *(int64_t *)arg, x, y);
+}
+
+static void test_drop_last_batch(void) {
+  KrtConfig cfg = base_config();
+  cfg.drop_last = true;
+  batch_run = krt_run_new(&cfg);
+  int64_t b = 2;
+  CHECK_FAIL(train_batch_child, &b,
+             "training batch 2 does not exist (10 samples in 2 full batches of 4; drop_last "
+             "drops the rest)");
+  krt_run_free(batch_run);
+}
+
+// The fake network of the rails tests answers a sample (x = its id) right when id < right,
+// else with the next class.
+static void fake_out(const float *x, const float *y, int64_t n, int right, float *out) {
+  for (int64_t i = 0; i < n; i++) {
+    int id = (int)x[2 * i], truth = (int)y[i], pred = id < right ? truth : (truth + 1) % 3;
+    for (int c = 0; c < 3; c++)
+      out[3 * i + c] = c == pred;
+  }
+}
+
+// Every tensor gets values that name the epoch: 1000·epoch + 10·tensor + index.
+static float pattern(int epoch, int t, int j) {
+  return (float)(1000 * epoch + 10 * t + j);
+}
+static const int desc_size[] = {6, 6, 3, 3};
+static void fill_tensors(KrtRun *r, int epoch) {
+  for (int t = 0; t < 4; t++)
+    for (int j = 0; j < desc_size[t]; j++)
+      krt_tensor(r, t)[j] = pattern(epoch, t, j);
+}
+static int tensors_are(KrtRun *r, int epoch) {
+  int ok = 1;
+  for (int t = 0; t < 4; t++)
+    for (int j = 0; j < desc_size[t]; j++)
+      ok &= krt_tensor(r, t)[j] == pattern(epoch, t, j);
+  return ok;
+}
+
+typedef struct {
+  KrtRun *r;
+  int n;                // epochs scripted
+  float tl[12], vl[12];  // train and val loss of each epoch
+  int tr[12], vr[12];    // the fake network is right below these ids (train, val)
+  int stopped_at;       // the epoch (from 1) whose krt_epoch_end returned 1; 0 = none
+  float scale[12];      // krt_lr_scale after each epoch
+  int finish, status;   // run krt_finish too; what it returned
+} Script;
+
+// Epochs by hand, as the generated loop runs them; the tensors change every epoch.
+static void run_script(void *arg) {
+  Script *s = arg;
+  KrtRun *r = s->r;
+  float x[8], y[4], out[12];
+  for (int e = 0; e < s->n; e++) {
+    int64_t nb = krt_epoch_begin(r, e);
+    for (int64_t b = 0; b < nb; b++) {
+      int64_t n = krt_train_batch(r, b, x, y);
+      fake_out(x, y, n, s->tr[e], out);
+      krt_train_step_end(r, s->tl[e], out, y, n, 0.01f * krt_lr_scale(r));
+    }
+    fill_tensors(r, e + 1);
+    int64_t nv = krt_eval_begin(r, KRT_VAL);
+    for (int64_t b = 0; b < nv; b++) {
+      int64_t n = krt_eval_batch(r, KRT_VAL, b, x, y);
+      fake_out(x, y, n, s->vr[e], out);
+      krt_eval_step_end(r, KRT_VAL, s->vl[e], out, y, n);
+    }
+    int stop = krt_epoch_end(r);
+    s->scale[e] = krt_lr_scale(r);
+    if (stop) {
+      s->stopped_at = e + 1;
+      break;
+    }
+  }
+  krt_train_end(r);
+  if (s->finish)
+    s->status = krt_finish(r);
+}
+
+static KrtConfig rails_config(const char *out) {
+  KrtConfig cfg = base_config();
+  cfg.out_dir = path_in(out);
+  cfg.val_kind = 2;
+  cfg.val_path = "small.csv";
+  cfg.test_kind = 0;
+  cfg.epochs = 10;
+  return cfg;
+}
+
+static void test_early_stop(void) {
+  // val_loss 1.0, 0.8 (best), 0.9, 0.85: patience 2 runs out after epoch 4
+  KrtConfig cfg = rails_config("runs/es");
+  cfg.early_patience = 2;
+  Script s = {.n = 6, .tl = {1.2f, 0.7f, 0.5f, 0.25f, 0.2f, 0.1f},
+              .vl = {1.0f, 0.8f, 0.9f, 0.85f, 0.7f, 0.6f}, .tr = {3, 6, 8, 9, 10, 10},
+              .vr = {2, 5, 5, 3, 10, 10}, .finish = 1};
+  s.r = krt_run_new(&cfg);
+  char *out = stdout_of(run_script, &s);
+  CHECK(s.stopped_at == 4 && s.status == 0, "stopped at epoch %d, status %d", s.stopped_at,
+        s.status);
+  CHECK(tensors_are(s.r, 2), "krt_train_end restored every tensor of epoch 2");
+  char want[4096];
+  snprintf(want, sizeof want,
+           "early stopping: val_loss has not improved for 2 epochs (best 0.8000 at epoch 2)\n"
+           "early stopping: restored the weights of epoch 2 (val_loss 0.8000); wrote "
+           "%s/best.safetensors\n",
+           path_in("runs/es"));
+  const char *p = strstr(out, "early stopping: ");
+  CHECK(p && strncmp(p, want, strlen(want)) == 0 && strstr(out, "epoch  4/10") &&
+            !strstr(out, "epoch  5/10"),
+        "early stopping lines in:\n%s", out);
+  // the summary: the gap widened after epoch 2 (train 0.6 − val 0.5 → train 0.9 − val 0.3);
+  // the confusion matrix is the val set's at epoch 2 (right below id 5)
+  snprintf(want, sizeof want,
+           "wrote %s/final.safetensors, metrics.csv, report.json\n"
+           "best epoch: 2 of 4 (val_loss 0.8000, val_accuracy 0.5000)\n"
+           "the gap between training and validation widened from 0.10 to 0.60 after epoch 2: the "
+           "network started to memorise the training data (overfitting); early stopping kept the "
+           "weights of epoch 2\n"
+           "early stopping fired after epoch 4: val_loss had not improved for 2 epochs; the "
+           "weights of epoch 2 were restored\n"
+           "confusion matrix of the validation set at epoch 2, the restored weights (rows: true "
+           "class, columns: predicted class):\n"
+           "     0  1  2  accuracy\n"
+           "  0  2  2  0    0.5000\n"
+           "  1  0  2  1    0.6667\n"
+           "  2  2  0  1    0.3333\n",
+           path_in("runs/es"));
+  p = strstr(out, "\nwrote ");
+  p = p ? p + 1 : NULL;
+  CHECK(p && strcmp(p, want) == 0, "summary:\n%s\nwant:\n%s", p ? p : out, want);
+  free(out);
+
+  // best.safetensors: params and buffers of epoch 2
+  float w[6], bias[3], bn[3];
+  KrtNamedTensor t[3] = {
+      {.name = "dense.weight", .rank = 2, .dim = {3, 2}, .data = w},
+      {.name = "dense.bias", .rank = 1, .dim = {3}, .data = bias},
+      {.name = "bn.mean", .rank = 1, .dim = {3}, .data = bn},
+  };
+  krt_st_read(path_in("runs/es/best.safetensors"), t, 3);
+  CHECK(w[5] == pattern(2, 0, 5) && bias[2] == pattern(2, 2, 2) && bn[0] == pattern(2, 3, 0),
+        "best.safetensors holds epoch 2");
+  KrtNamedTensor m = {.name = "adam.m", .rank = 2, .dim = {3, 2}, .data = w};
+  st_path = path_in("runs/es/best.safetensors");
+  st_t = &m;
+  st_n = 1;
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s: no tensor named 'adam.m'", st_path);
+  CHECK_FAIL(st_read_child, NULL, msg);
+  CHECK(files_with(path_in("runs/es"), ".tmp.") == 0, "no temporary files");
+
+  char *json;
+  cJSON *rep = report_of("runs/es", &json);
+  double cm[] = {2, 2, 0, 0, 2, 1, 2, 0, 1};
+  cJSON *pca = cJSON_GetObjectItem(rep, "per_class_accuracy");
+  cJSON *gap = cJSON_GetObjectItem(rep, "train_val_gap");
+  cJSON *gb = cJSON_GetObjectItem(gap, "best_epoch"), *gl = cJSON_GetObjectItem(gap, "last_epoch");
+  CHECK(num(rep, "best_epoch") == 2 && cJSON_IsTrue(cJSON_GetObjectItem(rep, "early_stopped")) &&
+            str_is(rep, "stopped", "early_stop") && num(rep, "epochs") == 4 &&
+            fabs(num(rep, "val_loss") - 0.85) < 1e-6 &&
+            matrix_is(cJSON_GetObjectItem(rep, "confusion_matrix"), cm, 3, 3) &&
+            cJSON_GetArraySize(pca) == 3 && cJSON_GetArrayItem(pca, 0)->valuedouble == 0.5 &&
+            fabs(cJSON_GetArrayItem(pca, 1)->valuedouble - 2.0 / 3) < 1e-8 &&
+            fabs(num(gb, "accuracy") - 0.1) < 1e-6 && fabs(num(gl, "accuracy") - 0.6) < 1e-6 &&
+            fabs(num(gb, "loss") - (0.8 - 0.7)) < 1e-6 &&
+            fabs(num(gl, "loss") - (0.85 - 0.25)) < 1e-6 &&
+            cJSON_GetArraySize(cJSON_GetObjectItem(rep, "guard_events")) == 0 &&
+            cJSON_GetArraySize(cJSON_GetObjectItem(rep, "lr_reductions")) == 0,
+        "report.json:\n%s", json);
+  const char *head = "{\n  \"epochs\": 4,\n  \"steps\": 12,\n  \"stopped\": \"early_stop\",\n";
+  CHECK(json && strncmp(json, head, strlen(head)) == 0,
+        "existing keys first:\n%s", json);
+  cJSON_Delete(rep);
+  free(json);
+  krt_run_free(s.r);
+
+  // min_delta: 0.95 and 0.92 beat 1.0, but not by more than 0.1
+  cfg = rails_config("runs/es_delta");
+  cfg.early_patience = 2;
+  cfg.early_min_delta = 0.1;
+  s = (Script){.n = 6, .tl = {1, 1, 1, 1, 1, 1}, .vl = {1.0f, 0.95f, 0.92f, 0.5f, 0.5f, 0.5f},
+               .tr = {3, 3, 3, 3, 3, 3}, .vr = {3, 3, 3, 3, 3, 3}};
+  s.r = krt_run_new(&cfg);
+  out = stdout_of(run_script, &s);
+  CHECK(s.stopped_at == 3 && tensors_are(s.r, 1), "min_delta: stopped at %d", s.stopped_at);
+  CHECK(strstr(out, "early stopping: val_loss has not improved by more than 0.1 for 2 epochs "
+                    "(best 1.0000 at epoch 1)\n"),
+        "min_delta line in:\n%s", out);
+  free(out);
+  krt_run_free(s.r);
+  cfg.early_min_delta = 0;  // without it every epoch improves
+  s.stopped_at = 0;
+  s.r = krt_run_new(&cfg);
+  free(stdout_of(run_script, &s));
+  CHECK(s.stopped_at == 6 && tensors_are(s.r, 4), "no min_delta: stopped at %d, best epoch 4",
+        s.stopped_at);
+  krt_run_free(s.r);
+
+  // val_accuracy (higher is better): 0.3, 0.5 (best), 0.5, 0.4 while val_loss only grows
+  cfg = rails_config("runs/es_acc");
+  cfg.early_patience = 2;
+  cfg.early_monitor = KRT_MONITOR_VAL_ACCURACY;
+  s = (Script){.n = 6, .tl = {1, 1, 1, 1, 1, 1}, .vl = {1, 2, 3, 4, 5, 6},
+               .tr = {3, 3, 3, 3, 3, 3}, .vr = {3, 5, 5, 4, 9, 9}, .finish = 1};
+  s.r = krt_run_new(&cfg);
+  out = stdout_of(run_script, &s);
+  CHECK(s.stopped_at == 4 && tensors_are(s.r, 2), "val_accuracy: stopped at %d", s.stopped_at);
+  CHECK(strstr(out, "early stopping: val_accuracy has not improved for 2 epochs (best 0.5000 at "
+                    "epoch 2)\n") &&
+            strstr(out, "\nbest epoch: 2 of 4 (val_loss 2.0000, val_accuracy 0.5000)\n") &&
+            strstr(out, "\nearly stopping fired after epoch 4: val_accuracy had not improved for "
+                        "2 epochs; the weights of epoch 2 were restored\n"),
+        "val_accuracy lines in:\n%s", out);
+  free(out);
+  krt_run_free(s.r);
+
+  // no val set: train_loss is monitored
+  cfg = rails_config("runs/es_train");
+  cfg.val_kind = 0;
+  cfg.early_patience = 1;
+  s = (Script){.n = 6, .tl = {2, 1, 1.5f, 0.5f, 0.5f, 0.5f}, .tr = {3, 3, 3, 3, 3, 3},
+               .finish = 1};
+  s.r = krt_run_new(&cfg);
+  out = stdout_of(run_script, &s);
+  CHECK(s.stopped_at == 3 && tensors_are(s.r, 2), "train_loss: stopped at %d", s.stopped_at);
+  CHECK(strstr(out, "early stopping: train_loss has not improved for 1 epoch (best 1.0000 at "
+                    "epoch 2)\n") &&
+            strstr(out, "\nbest epoch: 2 of 3 (train_loss 1.0000)\nno validation data: "
+                        "overfitting cannot be seen (`holdout 0.1` in the data block would "
+                        "show it)\n"),
+        "train_loss lines in:\n%s", out);
+  free(out);
+  rep = report_of("runs/es_train", &json);
+  CHECK(cJSON_IsNull(cJSON_GetObjectItem(rep, "train_val_gap")) && num(rep, "best_epoch") == 2 &&
+            cJSON_IsNull(cJSON_GetObjectItem(rep, "confusion_matrix")) &&
+            cJSON_IsNull(cJSON_GetObjectItem(rep, "per_class_accuracy")),
+        "report.json without val or test:\n%s", json);
+  cJSON_Delete(rep);
+  free(json);
+  krt_run_free(s.r);
+
+  // early stopping off: the best epoch is still reported, nothing is restored or written
+  cfg = rails_config("runs/es_off");
+  s = (Script){.n = 4, .tl = {1, 0.5f, 0.3f, 0.2f}, .vl = {1, 0.8f, 0.9f, 0.95f},
+               .tr = {3, 6, 9, 10}, .vr = {3, 5, 5, 5}, .finish = 1};
+  cfg.epochs = 4;
+  s.r = krt_run_new(&cfg);
+  out = stdout_of(run_script, &s);
+  CHECK(s.stopped_at == 4 && tensors_are(s.r, 4), "off: the last weights stay");
+  CHECK(access(path_in("runs/es_off/best.safetensors"), F_OK) != 0, "off: no best.safetensors");
+  CHECK(strstr(out, "\nbest epoch: 2 of 4 (val_loss 0.8000, val_accuracy 0.5000)\nthe gap between "
+                    "training and validation widened from 0.10 to 0.50 after epoch 2: the network "
+                    "started to memorise the training data (overfitting); the saved weights are "
+                    "those of the last epoch (early stopping would keep those of epoch 2)\n"
+                    "confusion matrix of the validation set after epoch 4 (rows: true class, "
+                    "columns: predicted class):\n") &&
+            !strstr(out, "early stopping:"),
+        "off:\n%s", out);
+  free(out);
+  rep = report_of("runs/es_off", &json);
+  CHECK(num(rep, "best_epoch") == 2 && cJSON_IsFalse(cJSON_GetObjectItem(rep, "early_stopped")) &&
+            str_is(rep, "stopped", "epochs"),
+        "off: report.json:\n%s", json);
+  cJSON_Delete(rep);
+  free(json);
+  krt_run_free(s.r);
+
+  // a gap that stays small, and early stopping that never fires
+  cfg = rails_config("runs/es_small_gap");
+  cfg.epochs = 3;
+  cfg.early_patience = 5;
+  s = (Script){.n = 3, .tl = {1, 0.9f, 0.8f}, .vl = {1.1f, 1.0f, 0.95f}, .tr = {3, 4, 5},
+               .vr = {3, 4, 4}, .finish = 1};
+  s.r = krt_run_new(&cfg);
+  out = stdout_of(run_script, &s);
+  CHECK(strstr(out, "early stopping: kept the weights of epoch 3 (val_loss 0.9500); wrote ") &&
+            strstr(out, "\nthe gap between training and validation is 0.10 at epoch 3, the best "
+                        "and the last\nearly stopping did not fire; the weights of epoch 3 were "
+                        "kept\nconfusion matrix of the validation set at epoch 3, the restored "
+                        "weights"),
+        "small gap:\n%s", out);
+  free(out);
+  krt_run_free(s.r);
+}
+
+static void test_plateau(void) {
+  // torch's ReduceLROnPlateau(patience=2, factor=0.5): the 3rd epoch in a row without a
+  // relative improvement of 1e-4 reduces the rate; 0.49999 does not beat 0.5 by 1e-4
+  KrtConfig cfg = rails_config("runs/plateau");
+  cfg.plateau_patience = 2;
+  cfg.plateau_factor = 0.5;
+  Script s = {.n = 10, .tl = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+              .vl = {1, 1, 1, 1, 0.5f, 0.5f, 0.5f, 0.49999f, 0.4f, 0.4f},
+              .tr = {3, 3, 3, 3, 3, 3, 3, 3, 3, 3}, .vr = {3, 3, 3, 3, 3, 3, 3, 3, 3, 3},
+              .finish = 1};
+  s.r = krt_run_new(&cfg);
+  CHECK(krt_lr_scale(s.r) == 1, "scale starts at 1");
+  char *out = stdout_of(run_script, &s);
+  const float want[] = {1, 1, 1, 0.5f, 0.5f, 0.5f, 0.5f, 0.25f, 0.25f, 0.25f};
+  int same = 1;
+  for (int i = 0; i < 10; i++)
+    same &= s.scale[i] == want[i];
+  CHECK(same, "scales %g %g %g %g %g %g %g %g %g %g", s.scale[0], s.scale[1], s.scale[2],
+        s.scale[3], s.scale[4], s.scale[5], s.scale[6], s.scale[7], s.scale[8], s.scale[9]);
+  CHECK(strstr(out, "\non_plateau: val_loss has not improved for 3 epochs: learning rate reduced "
+                    "to 0.005\nepoch  5/10") &&
+            strstr(out, "\non_plateau: val_loss has not improved for 3 epochs: learning rate "
+                        "reduced to 0.0025\nepoch  9/10") &&
+            strstr(out, "\non_plateau reduced the learning rate after epochs 4, 8; it ends at "
+                        "0.25× the schedule's\n"),
+        "plateau lines:\n%s", out);
+  free(out);
+  char *csv = slurp(path_in("runs/plateau/metrics.csv"), NULL);
+  CHECK(csv && strstr(csv, "\n4,12,0.01,") && strstr(csv, "\n5,15,0.005,") &&
+            strstr(csv, "\n9,27,0.0025,"),
+        "the rates of metrics.csv:\n%s", csv);
+  free(csv);
+  char *json;
+  cJSON *rep = report_of("runs/plateau", &json);
+  cJSON *red = cJSON_GetObjectItem(rep, "lr_reductions");
+  CHECK(cJSON_GetArraySize(red) == 2 && num(cJSON_GetArrayItem(red, 0), "epoch") == 4 &&
+            num(cJSON_GetArrayItem(red, 0), "lr_scale") == 0.5 &&
+            num(cJSON_GetArrayItem(red, 1), "epoch") == 8 &&
+            num(cJSON_GetArrayItem(red, 1), "lr_scale") == 0.25,
+        "lr_reductions:\n%s", json);
+  cJSON_Delete(rep);
+  free(json);
+  krt_run_free(s.r);
+}
+
+static void plateau_child(void *arg) {
+  KrtConfig cfg = rails_config("runs/plateau_bad");
+  cfg.plateau_patience = 1;
+  cfg.plateau_factor = *(double *)arg;
+  krt_run_new(&cfg);
+}
+
+static void test_plateau_factor(void) {
+  double f = 1;
+  CHECK_FAIL(plateau_child, &f, "on_plateau's factor must be between 0 and 1, not 1");
+}
+
+// The guard, step by step; the probes are the fake network's output (2 floats a row) and a
+// gradient (6 floats).
+static float probe_out[8], probe_grad[6];
+static const KrtProbe probes[] = {
+    {.what = "the output of dense1", .data = probe_out, .count = 2, .per_row = true},
+    {.what = "the gradient of dense1.weight", .data = probe_grad, .count = 6},
+};
+
+typedef struct {
+  KrtRun *r;
+  int ok[32], stop[32];   // krt_guard's and krt_train_step_end's answers, by step from 1
+  float scale[32];        // krt_lr_scale after each step
+  int epoch_stop, status;
+} GuardScript;
+
+// Steps 1..19 good (loss 1); step 20 loss 50 (too early for the spike check); step 21 loss 11
+// spikes (median 1); step 22 good; step 23 NaN (NaN in the second probe only); step 24 inf
+// (an inf in the first probe beyond its 2 rows); step 25 an infinite gradient (the same inf,
+// now inside its 3 rows): the third in a row stops training.
+static void guard_script(void *arg) {
+  GuardScript *g = arg;
+  KrtRun *r = g->r;
+  memset(probe_out, 0, sizeof probe_out);
+  memset(probe_grad, 0, sizeof probe_grad);
+  krt_epoch_begin(r, 0);
+  for (int step = 1; step <= 30; step++) {
+    float loss = 1, grad_sq = 4;
+    int64_t n = 2;
+    if (step == 20)
+      loss = 50;
+    if (step == 21)
+      loss = 11;
+    if (step == 23) {
+      loss = NAN;
+      probe_grad[3] = NAN;
+    }
+    if (step == 24) {
+      loss = INFINITY;
+      probe_grad[3] = 0;
+      probe_out[5] = INFINITY;
+    }
+    if (step == 25) {
+      grad_sq = INFINITY;
+      n = 3;
+    }
+    CHECK(krt_step(r) == step - 1, "step %d: krt_step %lld", step, (long long)krt_step(r));
+    float lr = 0.01f * krt_lr_scale(r);
+    g->ok[step] = krt_guard(r, loss, grad_sq, n);
+    g->stop[step] = krt_train_step_end(r, loss, NULL, NULL, n, lr);
+    g->scale[step] = krt_lr_scale(r);
+    if (g->stop[step])
+      break;
+  }
+  g->epoch_stop = krt_epoch_end(r);
+  krt_train_end(r);
+  g->status = krt_finish(r);
+}
+
+static void test_guard(void) {
+  KrtConfig cfg = base_config();
+  cfg.out_dir = path_in("runs/guard");
+  cfg.test_kind = 0;
+  cfg.epochs = 3;
+  cfg.spike_factor = 10;
+  cfg.probes = probes;
+  cfg.nprobes = 2;
+  GuardScript g = {0};
+  g.r = krt_run_new(&cfg);
+  char *out = stdout_of(guard_script, &g);
+  int good = 1;
+  for (int step = 1; step <= 25; step++)
+    good &= g.ok[step] == (step != 21 && step < 23) && g.stop[step] == (step == 25);
+  CHECK(good && krt_step(g.r) == 25, "guard answers, stopped after step %lld",
+        (long long)krt_step(g.r));
+  CHECK(g.scale[20] == 1 && g.scale[21] == 0.5f && g.scale[22] == 0.5f && g.scale[23] == 0.25f &&
+            g.scale[24] == 0.125f && g.scale[25] == 0.0625f,
+        "halvings %g %g %g %g %g", g.scale[21], g.scale[22], g.scale[23], g.scale[24],
+        g.scale[25]);
+  CHECK(g.epoch_stop == 1 && g.status == 3, "epoch_end %d, krt_finish %d", g.epoch_stop,
+        g.status);
+  const char *lines =
+      "guard: step 21 discarded: the loss spiked to 11, more than 10× the recent median 1; "
+      "learning rate halved to 0.005\n"
+      "guard: step 23 discarded: the loss was NaN (first non-finite value: the gradient of "
+      "dense1.weight); learning rate halved to 0.0025\n"
+      "guard: step 24 discarded: the loss was infinite; learning rate halved to 0.00125\n"
+      "guard: step 25 discarded: a gradient was not finite (first non-finite value: the output "
+      "of dense1); 3 steps in a row discarded: training stops\n"
+      // the epoch's sums leave the discarded steps out: (19 + 50 + 1) / 21
+      "epoch 1/3  loss 3.3333  acc 0.0000  lr 0.00125  ";
+  CHECK(strncmp(out, lines, strlen(lines)) == 0, "guard lines:\n%s\nwant:\n%s", out, lines);
+  char want[4096];
+  snprintf(want, sizeof want,
+           "wrote %s/final.safetensors, metrics.csv, report.json\n"
+           "best epoch: 1 of 1 (train_loss 3.3333)\n"
+           "no validation data: overfitting cannot be seen (`holdout 0.1` in the data block "
+           "would show it)\n"
+           "\n"
+           "training stopped at step 25 (epoch 1): 3 steps in a row were discarded (the last: a "
+           "gradient was not finite; first non-finite value: the output of dense1).\n"
+           "What happened: the numbers blew up. The loss or the gradients became NaN or "
+           "infinite, or the loss jumped far above its recent values, and halving the learning "
+           "rate 2 times did not help. No discarded step changed the weights.\n"
+           "The saved weights are the last good ones, from before step 23, and hold no NaN or "
+           "infinity.\n"
+           "What to try:\n"
+           "  - a lower learning rate (a tenth of this one is a good start)\n"
+           "  - gradient clipping: add `clip norm=1.0` to the train block\n"
+           "  - a warmup schedule, e.g. `schedule warmup 500 then cosine`\n"
+           "  - checking the data for extreme values (huge inputs or targets, or pixels that "
+           "need `scale 1/255`)\n",
+           path_in("runs/guard"));
+  const char *p = strstr(out, "\nwrote ");
+  CHECK(p && strcmp(p + 1, want) == 0, "krt_finish:\n%s\nwant:\n%s", p ? p + 1 : out, want);
+  free(out);
+
+  char *json;
+  cJSON *rep = report_of("runs/guard", &json);
+  cJSON *ev = cJSON_GetObjectItem(rep, "guard_events");
+  const struct {
+    int step;
+    const char *reason, *where;
+    double scale;
+  } events[] = {
+      {21, "the loss spiked to 11, more than 10× the recent median 1", NULL, 0.5},
+      {23, "the loss was NaN", "the gradient of dense1.weight", 0.25},
+      {24, "the loss was infinite", NULL, 0.125},
+      {25, "a gradient was not finite", "the output of dense1", 0.0625},
+  };
+  int ok = cJSON_GetArraySize(ev) == 4;
+  for (int i = 0; ok && i < 4; i++) {
+    cJSON *e = cJSON_GetArrayItem(ev, i), *where = cJSON_GetObjectItem(e, "where");
+    ok &= num(e, "step") == events[i].step && num(e, "epoch") == 1 &&
+          str_is(e, "reason", events[i].reason) && num(e, "lr_scale_after") == events[i].scale &&
+          (events[i].where ? cJSON_IsString(where) && !strcmp(where->valuestring, events[i].where)
+                           : cJSON_IsNull(where));
+  }
+  CHECK(ok && str_is(rep, "stopped", "guard") && num(rep, "steps") == 25 &&
+            cJSON_IsFalse(cJSON_GetObjectItem(rep, "early_stopped")),
+        "report.json:\n%s", json);
+  cJSON_Delete(rep);
+  free(json);
+  krt_run_free(g.r);
+
+  // no spike check without spike_factor; guard_limit 1 stops at the first event; with early
+  // stopping on, the guard's stop still restores the best epoch
+  cfg.spike_factor = 0;
+  cfg.guard_limit = 1;
+  cfg.early_patience = 3;
+  cfg.out_dir = path_in("runs/guard1");
+  g = (GuardScript){0};
+  g.r = krt_run_new(&cfg);
+  out = stdout_of(guard_script, &g);
+  CHECK(g.ok[21] && g.ok[22] && !g.ok[23] && g.stop[23] && krt_step(g.r) == 23 && g.status == 3,
+        "limit 1:\n%s", out);
+  CHECK(strstr(out, "guard: step 23 discarded: the loss was NaN (first non-finite value: the "
+                    "gradient of dense1.weight); 1 step in a row discarded: training stops\n") &&
+            strstr(out, "\nearly stopping: kept the weights of epoch 1 (train_loss 3.6818); wrote ") &&
+            strstr(out, "\ntraining stopped at step 23 (epoch 1): the step was discarded (the "
+                        "loss was NaN; first non-finite value: the gradient of dense1.weight).\n"
+                        "What happened: the numbers blew up. The loss or the gradients became "
+                        "NaN or infinite, or the loss jumped far above its recent values. No "
+                        "discarded step changed the weights.\n") &&
+            strstr(out, "\nThe saved weights are those of epoch 1, the best epoch, and hold no NaN "
+                        "or infinity.\n"),
+        "limit 1 lines:\n%s", out);
+  free(out);
+  krt_run_free(g.r);
+}
+
+// A guard that sees only good steps says so; one that discards a few without stopping lists
+// them. nan_steps: which of 8 steps (from 0) have a NaN loss, as a bit mask.
+static void guard_epoch(void *arg) {
+  KrtRun *r = ((void **)arg)[0];
+  int mask = *(int *)((void **)arg)[1];
+  krt_epoch_begin(r, 0);
+  for (int i = 0; i < 8; i++) {
+    int bad = mask >> i & 1;
+    float lr = 0.1f * krt_lr_scale(r);  // as the generated loop: the rate, then the step
+    CHECK(krt_guard(r, bad ? NAN : 1, 1, 1) == !bad, "step %d", i);
+    krt_train_step_end(r, 1, NULL, NULL, 1, lr);
+  }
+  krt_epoch_end(r);
+  krt_finish(r);
+}
+
+static void test_guard_summary(void) {
+  KrtConfig cfg = base_config();
+  cfg.out_dir = path_in("runs/guard_some");
+  cfg.test_kind = 0;
+  cfg.epochs = 1;
+  int mask = 1 << 2 | 1 << 5;
+  KrtRun *r = krt_run_new(&cfg);
+  void *args[] = {r, &mask};
+  char *out = stdout_of(guard_epoch, args);
+  CHECK(strstr(out, "guard: step 3 discarded: the loss was NaN; learning rate halved to 0.05\n"
+                    "guard: step 6 discarded: the loss was NaN; learning rate halved to 0.025\n") &&
+            strstr(out, "\nguard: 2 steps discarded (steps 3, 6); the learning rate ends at 0.25× "
+                        "the schedule's\n"),
+        "guard summary:\n%s", out);
+  free(out);
+  krt_run_free(r);
+
+  cfg.out_dir = path_in("runs/guard_none");
+  mask = 0;
+  r = krt_run_new(&cfg);
+  args[0] = r;
+  out = stdout_of(guard_epoch, args);
+  CHECK(strstr(out, "\nguard: no step was discarded\n"), "guard summary:\n%s", out);
+  free(out);
+  krt_run_free(r);
+}
+
+// Regression has no confusion matrix; a run without early stopping writes no best.safetensors.
+static void test_regression_report(void) {
+  KrtConfig cfg = base_config();
+  cfg.out_dir = path_in("runs/regression");
+  cfg.classes = 0;
+  cfg.val_kind = 2;
+  cfg.val_path = "small.csv";
+  cfg.epochs = 2;
+  Script s = {.n = 2, .tl = {1, 0.5f}, .vl = {1, 2}, .finish = 1};
+  s.r = krt_run_new(&cfg);
+  char *out = stdout_of(run_script, &s);
+  CHECK(strstr(out, "\nbest epoch: 1 of 2 (val_loss 1.0000)\nthe gap between training and "
+                    "validation loss widened from 0.0000 to 1.5000 after epoch 1: the network "
+                    "started to memorise the training data (overfitting); the saved weights are "
+                    "those of the last epoch (early stopping would keep those of epoch 1)\n") &&
+            !strstr(out, "confusion"),
+        "regression:\n%s", out);
+  free(out);
+  char *json;
+  cJSON *rep = report_of("runs/regression", &json);
+  cJSON *gap = cJSON_GetObjectItem(rep, "train_val_gap");
+  CHECK(cJSON_IsNull(cJSON_GetObjectItem(rep, "confusion_matrix")) &&
+            cJSON_IsNull(cJSON_GetObjectItem(rep, "per_class_accuracy")) &&
+            num(cJSON_GetObjectItem(gap, "last_epoch"), "loss") == 1.5 &&
+            cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(gap, "last_epoch"), "accuracy")),
+        "regression report.json:\n%s", json);
+  cJSON_Delete(rep);
+  free(json);
+  krt_run_free(s.r);
+}
+
 int main(void) {
   snprintf(tmp, sizeof tmp, "/tmp/keel_test_runtime.XXXXXX");
   if (!mkdtemp(tmp)) {
@@ -819,6 +1507,14 @@ int main(void) {
   test_find_data();
   test_safetensors();
   test_run();
+  test_drop_last();
+  test_drop_last_batch();
+  test_early_stop();
+  test_plateau();
+  test_plateau_factor();
+  test_guard();
+  test_guard_summary();
+  test_regression_report();
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
   if (system(cmd) != 0)
