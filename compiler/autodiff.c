@@ -13,6 +13,7 @@
 #include "keel.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
   Fn *fn;
@@ -58,6 +59,13 @@ static int unreduce(Ad *ad, int g, int i) {
   if (ins.axis < 0)
     return ir_broadcast_to(fn, g, fn->ins[ins.arg[0]].shape);
   return ir_expand(fn, g, ins.axis, fn->ins[ins.arg[0]].shape.dim[ins.axis]);
+}
+
+// An image op whose shape is given (the gradient ops), with the forward op's attributes.
+static int image_op(Fn *fn, Op op, int a, int b, Shape shape, const int *attr) {
+  Ins ins = {.op = op, .arg = {a, b, -1}, .shape = shape};
+  memcpy(ins.attr, attr, sizeof ins.attr);
+  return ir_emit(fn, ins);
 }
 
 static void backprop(Ad *ad, int i) {
@@ -157,6 +165,44 @@ static void backprop(Ad *ad, int i) {
     accumulate(ad, a, ir_emit(fn, pk));
     break;
   }
+  // images: the weight and input gradients of a convolution are convolutions themselves,
+  // and each of the three is linear in each argument, so their adjoints close the set
+  case OP_CONV2D:
+    g = full(ad, g, i);
+    if (ad->needs[a])
+      accumulate(ad, a, image_op(fn, OP_CONV2D_DX, g, b, fn->ins[a].shape, ins.attr));
+    if (ad->needs[b])
+      accumulate(ad, b, image_op(fn, OP_CONV2D_DW, a, g, fn->ins[b].shape, ins.attr));
+    break;
+  case OP_CONV2D_DX:  // dx = convᵀ(dy, w): <g, dx> = <conv(g, w), dy>
+    g = full(ad, g, i);
+    if (ad->needs[a])
+      accumulate(ad, a, ir_conv2d(fn, g, b, ins.attr[0], ins.attr[1], ins.attr[2]));
+    if (ad->needs[b])
+      accumulate(ad, b, image_op(fn, OP_CONV2D_DW, g, a, fn->ins[b].shape, ins.attr));
+    break;
+  case OP_CONV2D_DW:  // dw(x, dy): <g, dw> = <conv(x, g), dy>
+    g = full(ad, g, i);
+    if (ad->needs[a])
+      accumulate(ad, a, image_op(fn, OP_CONV2D_DX, b, g, fn->ins[a].shape, ins.attr));
+    if (ad->needs[b])
+      accumulate(ad, b, ir_conv2d(fn, a, g, ins.attr[0], ins.attr[1], ins.attr[2]));
+    break;
+  case OP_MAXPOOL:
+    accumulate(ad, a, image_op(fn, OP_MAXPOOL_DX, a, full(ad, g, i), fn->ins[a].shape, ins.attr));
+    break;
+  case OP_AVGPOOL:
+    accumulate(ad, a, image_op(fn, OP_AVGPOOL_DX, full(ad, g, i), -1, fn->ins[a].shape, ins.attr));
+    break;
+  case OP_AVGPOOL_DX:  // linear: its adjoint is the pooling itself
+    accumulate(ad, a, ir_pool(fn, OP_AVGPOOL, full(ad, g, i), ins.attr[0], ins.attr[1], ins.attr[2]));
+    break;
+  case OP_MAXPOOL_DX:  // linear in dy: its adjoint picks g at each window's maximum
+    accumulate(ad, b, image_op(fn, OP_MAXPOOL_GATHER, a, full(ad, g, i), fn->ins[b].shape, ins.attr));
+    break;
+  case OP_MAXPOOL_GATHER:  // linear in g: its adjoint routes back to the maxima
+    accumulate(ad, b, image_op(fn, OP_MAXPOOL_DX, a, full(ad, g, i), fn->ins[b].shape, ins.attr));
+    break;
   // no gradient: comparisons and floor are piecewise constant; leaves have no arguments
   case OP_FLOOR: case OP_LT: case OP_LE: case OP_GT: case OP_GE: case OP_EQ: case OP_NE:
   case OP_INPUT: case OP_CONST: case OP_TENSOR: case OP_RAND: case OP_STORE:

@@ -2,8 +2,10 @@
 //
 // The module holds four functions:
 //
-//   void train_step(float **slots, i64 n, double *in, i64 seed)  forward, backward, update
-//   void eval_step(float **slots, i64 n, double *in, i64 seed)   forward (eval mode), loss
+//   void train_step(float **slots, i64 n, double *in, i64 seed, KrtRun *run)
+//                                                     forward, backward, guard, update
+//   void eval_step(float **slots, i64 n, double *in, i64 seed, KrtRun *run)
+//                                                     forward (eval mode), loss
 //   float schedule(float **slots, double *in)                     the learning rate
 //   void keel_main(KrtRun *run, float **slots, i64 seed)          epochs, batches, evaluation
 //
@@ -29,24 +31,51 @@ typedef struct {
   Fn *ir;
   int *slot;           // slot of each instruction of ir
   LLVMValueRef *buf;   // per instruction: its buffer pointer (or NULL)
+  LLVMValueRef *scratch;  // per instruction: its scratch buffer (or NULL)
   LLVMValueRef *imm;   // per instruction: a constant or a scalar input's value
-  LLVMValueRef n, in, seed;
+  LLVMValueRef n, in, seed, run;
+  bool guard;          // train_step: call krt_guard before the stores
 } Cg;
 
 // ---------------------------------------------------------------------------------------------
 // Slots
 
-static int new_slot(Prog *p, int64_t size) {
-  static int cap;
-  if (p->nslots == cap) {
-    cap = cap ? cap * 2 : 256;
-    int64_t *s = arena_alloc(sizeof(int64_t) * (size_t)cap);
-    if (p->nslots)
+// A new slot for a value of the given shape (floats at the compiled batch size, and per
+// sample when the shape has the batch dimension once, so a trainer can change the batch).
+static int new_slot(Prog *p, Shape shape) {
+  if (p->nslots == p->slot_cap) {
+    p->slot_cap = p->slot_cap ? p->slot_cap * 2 : 256;
+    int64_t *s = arena_alloc(sizeof(int64_t) * (size_t)p->slot_cap);
+    int64_t *r = arena_alloc(sizeof(int64_t) * (size_t)p->slot_cap);
+    if (p->nslots) {
       memcpy(s, p->slot_size, sizeof(int64_t) * (size_t)p->nslots);
-    p->slot_size = s;
+      memcpy(r, p->slot_size_per_row, sizeof(int64_t) * (size_t)p->nslots);
+    }
+    p->slot_size = s, p->slot_size_per_row = r;
   }
-  p->slot_size[p->nslots] = size;
+  int nn = 0;
+  for (int d = 0; d < shape.rank; d++)
+    nn += shape.dim[d] == DIM_N;
+  p->slot_size[p->nslots] = shape_numel(shape, p->batch);
+  // a shape with n twice (x xᵀ) is sized for the compiled batch and cannot grow
+  p->slot_size_per_row[p->nslots] = nn == 1 ? shape_numel(shape, 1) : 0;
   return p->nslots++;
+}
+
+static Shape flat(int64_t count) { return shape_make(1, count); }
+
+// Floats of scratch an instruction needs (0: none).
+static int64_t scratch_size(Fn *fn, Ins *ins, int64_t batch) {
+  if (ins->op == OP_LSE)
+    return shape_numel(ins->shape, batch);
+  if (ins->op < OP_CONV2D || ins->op > OP_CONV2D_DW)
+    return 0;
+  Shape x = ins->op == OP_CONV2D_DX ? ins->shape : fn->ins[ins->arg[0]].shape;
+  Shape w = ins->op == OP_CONV2D ? fn->ins[ins->arg[1]].shape
+            : ins->op == OP_CONV2D_DX ? fn->ins[ins->arg[1]].shape : ins->shape;
+  int64_t oh = conv_out_size(x.dim[2], w.dim[2], ins->attr[0], ins->attr[1], ins->attr[2]);
+  int64_t ow = conv_out_size(x.dim[3], w.dim[3], ins->attr[0], ins->attr[1], ins->attr[2]);
+  return w.dim[1] * w.dim[2] * w.dim[3] * oh * ow;
 }
 
 static int *plan_fn(Prog *p, Fn *fn) {
@@ -62,10 +91,13 @@ static int *plan_fn(Prog *p, Fn *fn) {
     case OP_STORE: slot[i] = ins->tensor; break;
     case OP_RESHAPE: slot[i] = slot[ins->arg[0]]; break;  // same elements, same buffer
     default:
-      // LSE keeps its running sums in a second slot right after its own.
-      slot[i] = new_slot(p, shape_numel(ins->shape, p->batch));
+      // Some ops need scratch, in the slot right after their own: LSE its running sums,
+      // convolutions the im2col matrix of one sample.
+      slot[i] = new_slot(p, ins->shape);
       if (ins->op == OP_LSE)
-        new_slot(p, shape_numel(ins->shape, p->batch));
+        new_slot(p, ins->shape);
+      else if (scratch_size(fn, ins, p->batch) > 0)
+        new_slot(p, flat(scratch_size(fn, ins, p->batch)));
       break;
     }
   }
@@ -75,9 +107,9 @@ static int *plan_fn(Prog *p, Fn *fn) {
 void cg_plan_slots(Prog *p) {
   p->nslots = 0;
   for (int t = 0; t < p->ntensors; t++)
-    new_slot(p, shape_numel(p->tensors[t].shape, 1));
-  p->x_slot = new_slot(p, shape_numel(p->in_shape, p->batch));
-  p->y_slot = new_slot(p, shape_numel(p->y_shape, p->batch));
+    new_slot(p, p->tensors[t].shape);
+  p->x_slot = new_slot(p, p->in_shape);
+  p->y_slot = new_slot(p, p->y_shape);
   p->slot_train = plan_fn(p, p->train);
   p->slot_eval = plan_fn(p, p->eval);
   p->slot_sched = plan_fn(p, p->sched);
@@ -311,7 +343,7 @@ static void gen_reduce(Cg *cg, int i, LLVMValueRef dst) {
   fill(cg, dst, cnt, cf32(cg, is_max ? -1.0 / 0.0 : 0));
   // pass 1: sum or max; pass 2 (LSE): Σ exp(a - max) into the second slot
   for (int pass = 0; pass < (ins->op == OP_LSE ? 2 : 1); pass++) {
-    LLVMValueRef acc = pass ? gep(cg, dst, cnt) : dst;  // LSE's sums follow its slot
+    LLVMValueRef acc = pass ? cg->scratch[i] : dst;  // LSE's sums go to its scratch
     if (pass)
       fill(cg, acc, cnt, cf32(cg, 0));
     Loop lo = loop_begin(cg, outer);
@@ -340,7 +372,7 @@ static void gen_reduce(Cg *cg, int i, LLVMValueRef dst) {
     if (ins->op == OP_MEAN)
       v = LLVMBuildFDiv(B, v, lenf, "");
     else
-      v = LLVMBuildFAdd(B, v, intrinsic1(cg, "llvm.log", load_at(cg, gep(cg, dst, cnt), l.iv)), "");
+      v = LLVMBuildFAdd(B, v, intrinsic1(cg, "llvm.log", load_at(cg, cg->scratch[i], l.iv)), "");
     store_at(cg, v, dst, l.iv);
     loop_end(cg, &l);
   }
@@ -438,6 +470,49 @@ static void gen_ins(Cg *cg, int i) {
     loop_end(cg, &l);
     return;
   }
+  case OP_CONV2D:
+  case OP_CONV2D_DX:
+  case OP_CONV2D_DW: {
+    Shape x = ins->op == OP_CONV2D_DX ? ins->shape : fn->ins[ins->arg[0]].shape;
+    Shape w = ins->op == OP_CONV2D_DW ? ins->shape : fn->ins[ins->arg[1]].shape;
+    LLVMValueRef a = cg->buf[ins->arg[0]], b = cg->buf[ins->arg[1]];
+    LLVMTypeRef pt[14] = {cg->ptr, cg->ptr, cg->ptr};
+    LLVMValueRef args[14] = {a, b, dst, dim_val(cg, x.dim[0]), ci64(cg, x.dim[1]),
+                             ci64(cg, x.dim[2]), ci64(cg, x.dim[3]), ci64(cg, w.dim[0]),
+                             ci64(cg, w.dim[2]), ci64(cg, w.dim[3]), ci64(cg, ins->attr[0]),
+                             ci64(cg, ins->attr[1]), ci64(cg, ins->attr[2]), cg->scratch[i]};
+    for (int k = 3; k < 13; k++)
+      pt[k] = cg->i64;
+    pt[13] = cg->ptr;
+    call(cg, ins->op == OP_CONV2D ? "krt_conv2d" : ins->op == OP_CONV2D_DX ? "krt_conv2d_dx"
+                                                                          : "krt_conv2d_dw",
+         cg->vd, pt, 14, args);
+    return;
+  }
+  case OP_MAXPOOL:
+  case OP_AVGPOOL:
+  case OP_MAXPOOL_DX:
+  case OP_MAXPOOL_GATHER:
+  case OP_AVGPOOL_DX: {
+    Shape x = ins->op == OP_AVGPOOL_DX ? ins->shape : fn->ins[ins->arg[0]].shape;
+    LLVMValueRef nc = LLVMBuildMul(B, dim_val(cg, x.dim[0]), ci64(cg, x.dim[1]), "");
+    LLVMValueRef rest[6] = {nc, ci64(cg, x.dim[2]), ci64(cg, x.dim[3]), ci64(cg, ins->attr[0]),
+                            ci64(cg, ins->attr[1]), ci64(cg, ins->attr[2])};
+    LLVMTypeRef pt[9] = {cg->ptr, cg->ptr, cg->ptr, cg->i64, cg->i64, cg->i64, cg->i64, cg->i64, cg->i64};
+    LLVMValueRef args[9];
+    int k = 0;
+    args[k++] = cg->buf[ins->arg[0]];
+    bool two = ins->op == OP_MAXPOOL_DX || ins->op == OP_MAXPOOL_GATHER;
+    if (two)
+      args[k++] = cg->buf[ins->arg[1]];
+    args[k++] = dst;
+    memcpy(args + k, rest, sizeof rest);
+    const char *name = ins->op == OP_MAXPOOL ? "krt_maxpool" : ins->op == OP_AVGPOOL ? "krt_avgpool"
+                       : ins->op == OP_MAXPOOL_DX ? "krt_maxpool_dx"
+                       : ins->op == OP_MAXPOOL_GATHER ? "krt_maxpool_gather" : "krt_avgpool_dx";
+    call(cg, name, cg->vd, two ? pt : pt + 1, k + 6, args);
+    return;
+  }
   default: die("codegen: %s", op_names[ins->op]);
   }
 }
@@ -448,6 +523,7 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
   cg->ir = ir, cg->slot = slot;
   cg->buf = arena_alloc(sizeof(LLVMValueRef) * (size_t)(ir->len + 1));
   cg->imm = arena_alloc(sizeof(LLVMValueRef) * (size_t)(ir->len + 1));
+  cg->scratch = arena_alloc(sizeof(LLVMValueRef) * (size_t)(ir->len + 1));
   for (int i = 0; i < ir->len; i++) {
     Ins *ins = &ir->ins[i];
     int s = slot[i];
@@ -461,17 +537,39 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
       LLVMValueRef idx = ci64(cg, s);
       cg->buf[i] = LLVMBuildLoad2(B, cg->ptr, LLVMBuildInBoundsGEP2(B, cg->ptr, slots, &idx, 1, ""), "");
     }
+    if (s >= 0 && ins->op != OP_STORE && ins->op != OP_TENSOR && scratch_size(ir, ins, 1) > 0) {
+      LLVMValueRef idx = ci64(cg, s + 1);
+      cg->scratch[i] = LLVMBuildLoad2(B, cg->ptr, LLVMBuildInBoundsGEP2(B, cg->ptr, slots, &idx, 1, ""), "");
+    }
   }
-  for (int i = 0; i < ir->len; i++)
+  for (int i = 0; i < ir->len; i++) {
+    // The guard: before the first write to a weight, buffer or optimizer state, the
+    // runtime looks at the loss and Σ g² and may discard the whole update.
+    if (cg->guard && ir->ins[i].op == OP_STORE && (i == 0 || ir->ins[i - 1].op != OP_STORE)) {
+      LLVMTypeRef pt[4] = {cg->ptr, cg->f32, cg->f32, cg->i64};
+      LLVMValueRef args[4] = {cg->run, scalar(cg, cg->p->train_loss), scalar(cg, cg->p->train_gsq),
+                              cg->n};
+      LLVMValueRef ok = call(cg, "krt_guard", cg->i32, pt, 4, args);
+      LLVMBasicBlockRef commit = LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "commit");
+      LLVMBasicBlockRef discard = LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "discard");
+      LLVMBuildCondBr(B, LLVMBuildICmp(B, LLVMIntNE, ok, LLVMConstInt(cg->i32, 0, 0), ""),
+                      commit, discard);
+      LLVMPositionBuilderAtEnd(B, discard);
+      LLVMBuildRetVoid(B);
+      LLVMPositionBuilderAtEnd(B, commit);
+    }
     gen_ins(cg, i);
+  }
 }
 
-static LLVMValueRef gen_step(Cg *cg, const char *name, Fn *ir, int *slot) {
-  LLVMTypeRef params[4] = {cg->ptr, cg->i64, cg->ptr, cg->i64};
-  cg->fn = LLVMAddFunction(cg->mod, name, LLVMFunctionType(cg->vd, params, 4, 0));
+static LLVMValueRef gen_step(Cg *cg, const char *name, Fn *ir, int *slot, bool guard) {
+  LLVMTypeRef params[5] = {cg->ptr, cg->i64, cg->ptr, cg->i64, cg->ptr};
+  cg->fn = LLVMAddFunction(cg->mod, name, LLVMFunctionType(cg->vd, params, 5, 0));
   LLVMPositionBuilderAtEnd(cg->b, LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "entry"));
   cg->n = LLVMGetParam(cg->fn, 1), cg->in = LLVMGetParam(cg->fn, 2), cg->seed = LLVMGetParam(cg->fn, 3);
+  cg->run = LLVMGetParam(cg->fn, 4), cg->guard = guard;
   gen_body(cg, ir, slot, LLVMGetParam(cg->fn, 0));
+  cg->guard = false;
   LLVMBuildRetVoid(cg->b);
   return cg->fn;
 }
@@ -514,8 +612,8 @@ static void gen_eval_loop(Cg *cg, Prog *p, LLVMValueRef eval, LLVMValueRef r, LL
   LLVMValueRef X = slot_ptr(cg, slots, p->x_slot), Y = slot_ptr(cg, slots, p->y_slot);
   Loop l = loop_begin(cg, nb);
   LLVMValueRef n = rt(cg, "krt_eval_batch", cg->i64, 5, p5, (LLVMValueRef[]){r, w, l.iv, X, Y});
-  LLVMTypeRef ps[4] = {cg->ptr, cg->i64, cg->ptr, cg->i64};
-  LLVMBuildCall2(B, LLVMFunctionType(cg->vd, ps, 4, 0), eval, (LLVMValueRef[]){slots, n, in, seed}, 4, "");
+  LLVMTypeRef ps[5] = {cg->ptr, cg->i64, cg->ptr, cg->i64, cg->ptr};
+  LLVMBuildCall2(B, LLVMFunctionType(cg->vd, ps, 5, 0), eval, (LLVMValueRef[]){slots, n, in, seed, r}, 5, "");
   LLVMValueRef loss = LLVMBuildLoad2(B, cg->f32, slot_ptr(cg, slots, p->slot_eval[p->eval_loss]), "");
   LLVMTypeRef pe[7] = {cg->ptr, cg->i32, cg->f32, cg->ptr, cg->ptr, cg->i64};
   rt(cg, "krt_eval_step_end", cg->vd, 6, pe,
@@ -543,6 +641,7 @@ static void gen_main(Cg *cg, Prog *p, LLVMValueRef train, LLVMValueRef eval, LLV
   Loop le = loop_begin(cg, epochs);
   set_in(cg, in, IN_EPOCH, LLVMBuildSIToFP(B, le.iv, cg->f64, ""));
   LLVMValueRef nb = rt(cg, "krt_epoch_begin", cg->i64, 2, p2, (LLVMValueRef[]){r, le.iv});
+  set_in(cg, in, IN_SPE, LLVMBuildSIToFP(B, nb, cg->f64, ""));
   Loop lb = loop_begin(cg, nb);
   LLVMValueRef n = rt(cg, "krt_train_batch", cg->i64, 4, p4, (LLVMValueRef[]){r, lb.iv, X, Y});
   LLVMValueRef step = rt(cg, "krt_step", cg->i64, 1, &p1, &r);
@@ -550,9 +649,10 @@ static void gen_main(Cg *cg, Prog *p, LLVMValueRef train, LLVMValueRef eval, LLV
   set_in(cg, in, IN_T, LLVMBuildSIToFP(B, LLVMBuildAdd(B, step, ci64(cg, 1), ""), cg->f64, ""));
   LLVMTypeRef pl[2] = {cg->ptr, cg->ptr};
   LLVMValueRef lr = LLVMBuildCall2(B, LLVMFunctionType(cg->f32, pl, 2, 0), sched, (LLVMValueRef[]){slots, in}, 2, "lr");
+  lr = LLVMBuildFMul(B, lr, rt(cg, "krt_lr_scale", cg->f32, 1, &p1, &r), "");
   set_in(cg, in, IN_LR, LLVMBuildFPExt(B, lr, cg->f64, ""));
-  LLVMTypeRef ps[4] = {cg->ptr, cg->i64, cg->ptr, cg->i64};
-  LLVMBuildCall2(B, LLVMFunctionType(cg->vd, ps, 4, 0), train, (LLVMValueRef[]){slots, n, in, seed}, 4, "");
+  LLVMTypeRef ps[5] = {cg->ptr, cg->i64, cg->ptr, cg->i64, cg->ptr};
+  LLVMBuildCall2(B, LLVMFunctionType(cg->vd, ps, 5, 0), train, (LLVMValueRef[]){slots, n, in, seed, r}, 5, "");
   LLVMValueRef loss = LLVMBuildLoad2(B, cg->f32, slot_ptr(cg, slots, p->slot_train[p->train_loss]), "");
   LLVMTypeRef pe[6] = {cg->ptr, cg->f32, cg->ptr, cg->ptr, cg->i64, cg->f32};
   LLVMValueRef stop = rt(cg, "krt_train_step_end", cg->i32, 6, pe,
@@ -569,6 +669,7 @@ static void gen_main(Cg *cg, Prog *p, LLVMValueRef train, LLVMValueRef eval, LLV
   loop_end(cg, &le);
   LLVMBuildBr(B, finish);
   LLVMPositionBuilderAtEnd(B, finish);
+  rt(cg, "krt_train_end", cg->vd, 1, &p1, &r);
   gen_eval_loop(cg, p, eval, r, slots, in, seed, 2);
   LLVMBuildRetVoid(B);
 }
@@ -580,8 +681,8 @@ void *cg_module(Prog *p, void *llvm_context) {
   cg.f32 = LLVMFloatTypeInContext(cg.ctx), cg.f64 = LLVMDoubleTypeInContext(cg.ctx);
   cg.i64 = LLVMInt64TypeInContext(cg.ctx), cg.i32 = LLVMInt32TypeInContext(cg.ctx);
   cg.ptr = LLVMPointerTypeInContext(cg.ctx, 0), cg.vd = LLVMVoidTypeInContext(cg.ctx);
-  LLVMValueRef train = gen_step(&cg, "train_step", p->train, p->slot_train);
-  LLVMValueRef eval = gen_step(&cg, "eval_step", p->eval, p->slot_eval);
+  LLVMValueRef train = gen_step(&cg, "train_step", p->train, p->slot_train, true);
+  LLVMValueRef eval = gen_step(&cg, "eval_step", p->eval, p->slot_eval, false);
   LLVMValueRef sched = gen_schedule(&cg, p);
   gen_main(&cg, p, train, eval, sched);
   LLVMDisposeBuilder(cg.b);

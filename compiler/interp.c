@@ -32,6 +32,77 @@ static int64_t bcast_offset(Shape in, Shape out, int64_t idx, int64_t n) {
 
 static int64_t dimv(int64_t d, int64_t n) { return d == DIM_N ? n : d; }
 
+// Images, by direct loops over every window (the generated code uses im2col and GEMM
+// instead, so this is an independent check of it). d is {n, c, h, w} of the input, o the
+// output channels, k {kh, kw}, at = {stride, pad, dilation}.
+typedef enum { IM_CONV, IM_CONV_DX, IM_CONV_DW } ImOp;
+
+static void conv_loops(ImOp op, double *x, double *w, double *y, const int64_t *d, int64_t o,
+                       const int64_t *k, const int *at) {
+  int64_t oh = conv_out_size(d[2], k[0], at[0], at[1], at[2]);
+  int64_t ow = conv_out_size(d[3], k[1], at[0], at[1], at[2]);
+  for (int64_t n = 0; n < d[0]; n++)
+    for (int64_t m = 0; m < o; m++)
+      for (int64_t r = 0; r < oh; r++)
+        for (int64_t q = 0; q < ow; q++) {
+          double *out = &y[((n * o + m) * oh + r) * ow + q];
+          for (int64_t c = 0; c < d[1]; c++)
+            for (int64_t i = 0; i < k[0]; i++)
+              for (int64_t j = 0; j < k[1]; j++) {
+                int64_t yy = r * at[0] - at[1] + i * at[2], xx = q * at[0] - at[1] + j * at[2];
+                if (yy < 0 || yy >= d[2] || xx < 0 || xx >= d[3])
+                  continue;
+                double *xv = &x[((n * d[1] + c) * d[2] + yy) * d[3] + xx];
+                double *wv = &w[((m * d[1] + c) * k[0] + i) * k[1] + j];
+                if (op == IM_CONV)
+                  *out += *xv * *wv;
+                else if (op == IM_CONV_DX)  // x is dx, y is dy
+                  *xv += *out * *wv;
+                else                         // w is dw
+                  *wv += *xv * *out;
+              }
+        }
+}
+
+// Pooling: at = {kernel, stride, pad}; y (n, c, oh, ow). For MAXPOOL_DX, dy is y and the
+// gradient goes to dx; for AVGPOOL_DX likewise.
+static void pool_loops(Op op, double *x, double *y, double *dx, const int64_t *d, const int *at) {
+  int64_t oh = conv_out_size(d[2], at[0], at[1], at[2], 1);
+  int64_t ow = conv_out_size(d[3], at[0], at[1], at[2], 1);
+  for (int64_t nc = 0; nc < d[0] * d[1]; nc++)
+    for (int64_t r = 0; r < oh; r++)
+      for (int64_t q = 0; q < ow; q++) {
+        double *out = &y[(nc * oh + r) * ow + q], best = -INFINITY, sum = 0;
+        int64_t arg = -1;
+        for (int i = 0; i < at[0]; i++)
+          for (int j = 0; j < at[0]; j++) {
+            int64_t yy = r * at[1] - at[2] + i, xx = q * at[1] - at[2] + j;
+            if (yy < 0 || yy >= d[2] || xx < 0 || xx >= d[3])
+              continue;
+            int64_t e = (nc * d[2] + yy) * d[3] + xx;
+            if (op == OP_AVGPOOL_DX)
+              dx[e] += *out / (at[0] * at[0]);
+            else if (op != OP_AVGPOOL && (arg < 0 || x[e] > best))
+              best = x[e], arg = e;
+            else if (op == OP_AVGPOOL)
+              sum += x[e];
+          }
+        if (op == OP_MAXPOOL)
+          *out = best;
+        else if (op == OP_AVGPOOL)
+          *out = sum / (at[0] * at[0]);
+        else if (op == OP_MAXPOOL_DX && arg >= 0)
+          dx[arg] += *out;
+        else if (op == OP_MAXPOOL_GATHER)  // dx holds g here; *out receives g at the max
+          *out = arg >= 0 ? dx[arg] : 0;
+      }
+}
+
+static void dims_of(Shape s, int64_t n, int64_t *d) {
+  for (int i = 0; i < s.rank; i++)
+    d[i] = s.dim[i] == DIM_N ? n : s.dim[i];
+}
+
 double **interp_run(Fn *fn, int64_t n, double **inputs, double **tensors, uint64_t seed,
                     uint64_t step) {
   double **v = calloc((size_t)fn->len, sizeof *v);
@@ -174,6 +245,44 @@ double **interp_run(Fn *fn, int64_t n, double **inputs, double **tensors, uint64
       for (int64_t e = 0; e < cnt; e++)
         o[e] = a[bcast_offset(as, ins->shape, e, n)];
       break;
+    case OP_CONV2D:
+    case OP_CONV2D_DX:
+    case OP_CONV2D_DW: {
+      Shape xs = ins->op == OP_CONV2D ? as : ins->op == OP_CONV2D_DX ? ins->shape : as;
+      Shape ws = ins->op == OP_CONV2D ? bs : ins->op == OP_CONV2D_DX ? bs : ins->shape;
+      int64_t d[4], wd[4];
+      dims_of(xs, n, d), dims_of(ws, n, wd);
+      double *x = ins->op == OP_CONV2D_DX ? o : a, *w = ins->op == OP_CONV2D_DW ? o : b;
+      double *y = ins->op == OP_CONV2D ? o : ins->op == OP_CONV2D_DX ? a : b;
+      conv_loops(ins->op == OP_CONV2D ? IM_CONV : ins->op == OP_CONV2D_DX ? IM_CONV_DX : IM_CONV_DW,
+                 x, w, y, d, wd[0], wd + 2, ins->attr);
+      break;
+    }
+    case OP_MAXPOOL:
+    case OP_AVGPOOL: {
+      int64_t d[4];
+      dims_of(as, n, d);
+      pool_loops(ins->op, a, o, NULL, d, ins->attr);
+      break;
+    }
+    case OP_MAXPOOL_DX: {
+      int64_t d[4];
+      dims_of(as, n, d);
+      pool_loops(OP_MAXPOOL_DX, a, b, o, d, ins->attr);
+      break;
+    }
+    case OP_MAXPOOL_GATHER: {
+      int64_t d[4];
+      dims_of(as, n, d);
+      pool_loops(OP_MAXPOOL_GATHER, a, o, b, d, ins->attr);
+      break;
+    }
+    case OP_AVGPOOL_DX: {
+      int64_t d[4];
+      dims_of(ins->shape, n, d);
+      pool_loops(OP_AVGPOOL_DX, NULL, a, o, d, ins->attr);
+      break;
+    }
     default: unreachable();
     }
   }

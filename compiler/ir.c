@@ -245,6 +245,61 @@ static void infer_shape(Fn *fn, Ins *ins) {
     if (a.rank != 1 || ins->shape.rank != 2 || ins->shape.dim[0] != a.dim[0])
       die("pickgrad: bad shapes %s → %s", shape_str(a), shape_str(ins->shape));
     return;
+  case OP_CONV2D: {
+    if (a.rank != 4 || b.rank != 4)
+      error_at(ins->pos, "conv2d needs images [n, channels, height, width] and a weight "
+                         "[out, in, kh, kw], got %s and %s", shape_str(a), shape_str(b));
+    if (a.dim[1] != b.dim[1])
+      error_at(ins->pos, "conv2d: the input has %lld channels but the weight expects %lld",
+               (long long)a.dim[1], (long long)b.dim[1]);
+    int64_t oh = conv_out_size(a.dim[2], b.dim[2], ins->attr[0], ins->attr[1], ins->attr[2]);
+    int64_t ow = conv_out_size(a.dim[3], b.dim[3], ins->attr[0], ins->attr[1], ins->attr[2]);
+    if (oh < 1 || ow < 1)
+      error_at(ins->pos, "conv2d: a %lldx%lld kernel does not fit a %lldx%lld image with "
+               "padding %d", (long long)b.dim[2], (long long)b.dim[3], (long long)a.dim[2],
+               (long long)a.dim[3], ins->attr[1]);
+    ins->shape = shape_make(4, a.dim[0], b.dim[0], oh, ow);
+    return;
+  }
+  case OP_CONV2D_DX:
+  case OP_CONV2D_DW: {
+    // the shape is given; check it against the forward rule
+    Shape x = ins->op == OP_CONV2D_DX ? ins->shape : a;
+    Shape w = ins->op == OP_CONV2D_DX ? b : ins->shape, dy = ins->op == OP_CONV2D_DX ? a : b;
+    if (x.rank != 4 || w.rank != 4 || dy.rank != 4 || dy.dim[1] != w.dim[0] ||
+        dy.dim[2] != conv_out_size(x.dim[2], w.dim[2], ins->attr[0], ins->attr[1], ins->attr[2]) ||
+        dy.dim[3] != conv_out_size(x.dim[3], w.dim[3], ins->attr[0], ins->attr[1], ins->attr[2]))
+      die("%s: shapes %s %s %s", op_names[ins->op], shape_str(x), shape_str(w), shape_str(dy));
+    return;
+  }
+  case OP_MAXPOOL:
+  case OP_AVGPOOL: {
+    if (a.rank != 4)
+      error_at(ins->pos, "pooling needs images [n, channels, height, width], got %s",
+               shape_str(a));
+    if (ins->attr[2] * 2 > ins->attr[0])
+      error_at(ins->pos, "pooling: padding %d is more than half the window %d", ins->attr[2],
+               ins->attr[0]);
+    int64_t oh = conv_out_size(a.dim[2], ins->attr[0], ins->attr[1], ins->attr[2], 1);
+    int64_t ow = conv_out_size(a.dim[3], ins->attr[0], ins->attr[1], ins->attr[2], 1);
+    if (oh < 1 || ow < 1)
+      error_at(ins->pos, "pooling: a window of %d does not fit a %lldx%lld image", ins->attr[0],
+               (long long)a.dim[2], (long long)a.dim[3]);
+    ins->shape = shape_make(4, a.dim[0], a.dim[1], oh, ow);
+    return;
+  }
+  case OP_MAXPOOL_GATHER:
+    if (!shape_eq(a, b) || ins->shape.rank != 4)
+      die("maxpool_gather: %s %s → %s", shape_str(a), shape_str(b), shape_str(ins->shape));
+    return;
+  case OP_MAXPOOL_DX:
+    if (!shape_eq(ins->shape, a))
+      die("maxpool_dx: %s vs %s", shape_str(ins->shape), shape_str(a));
+    return;
+  case OP_AVGPOOL_DX:
+    if (ins->shape.rank != 4 || a.rank != 4)
+      die("avgpool_dx: %s from %s", shape_str(ins->shape), shape_str(a));
+    return;
   case OP_STORE: {
     Shape r;
     if (!shape_broadcast(a, ins->shape, &r) || !shape_eq(r, ins->shape))
@@ -372,6 +427,22 @@ int ir_matmul(Fn *fn, int a, int b, int ta, int tb) {
   return emit_like(fn, ins);
 }
 
+int64_t conv_out_size(int64_t size, int64_t window, int stride, int pad, int dilation) {
+  return (size + 2 * pad - (int64_t)dilation * (window - 1) - 1) / stride + 1;
+}
+
+int ir_conv2d(Fn *fn, int x, int w, int stride, int pad, int dilation) {
+  Ins ins = mk(OP_CONV2D, x, w, -1);
+  ins.attr[0] = stride, ins.attr[1] = pad, ins.attr[2] = dilation;
+  return emit_like(fn, ins);
+}
+
+int ir_pool(Fn *fn, Op op, int x, int kernel, int stride, int pad) {
+  Ins ins = mk(op, x, -1, -1);
+  ins.attr[0] = kernel, ins.attr[1] = stride, ins.attr[2] = pad;
+  return emit_like(fn, ins);
+}
+
 int ir_reshape(Fn *fn, int a, Shape to) {
   if (shape_eq(fn->ins[a].shape, to))
     return a;
@@ -440,7 +511,7 @@ void ir_verify(Fn *fn) {
 //   %12 = matmul %3, %7ᵀ          [n, 256]   # dense1
 
 static const char *input_names[IN_COUNT] = {"x", "y", "n", "lr", "t", "step", "steps", "epoch",
-                                            "base"};
+                                            "base", "steps_per_epoch"};
 
 void ir_print(FILE *out, Prog *p, Fn *fn) {
   fprintf(out, "fn %s {\n", fn->name);
@@ -468,6 +539,12 @@ void ir_print(FILE *out, Prog *p, Fn *fn) {
     }
     if (op_class[ins->op] == OC_REDUCE || ins->op == OP_EXPAND)
       len += snprintf(buf + len, sizeof buf - len, " axis=%d", ins->axis);
+    if (ins->op >= OP_CONV2D && ins->op <= OP_CONV2D_DW)
+      len += snprintf(buf + len, sizeof buf - len, " stride=%d pad=%d dilation=%d",
+                      ins->attr[0], ins->attr[1], ins->attr[2]);
+    if (ins->op >= OP_MAXPOOL)
+      len += snprintf(buf + len, sizeof buf - len, " kernel=%d stride=%d pad=%d", ins->attr[0],
+                      ins->attr[1], ins->attr[2]);
     fprintf(out, "  %-40s %-14s", buf, shape_str(ins->shape));
     if (ins->layer)
       fprintf(out, " # %s", ins->layer);

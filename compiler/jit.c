@@ -106,6 +106,14 @@ KeelJit *jit_compile(Prog *p, bool print_llvm, FILE *out) {
 
 KeelMain *jit_main(KeelJit *j) { return j->main; }
 
+KeelSchedule *jit_schedule(KeelJit *j) {
+  LLVMOrcExecutorAddress addr;
+  LLVMErrorRef err = LLVMOrcLLJITLookup(j->jit, &addr, "schedule");
+  if (err)
+    llvm_fail("looking up schedule", err);
+  return (KeelSchedule *)(uintptr_t)addr;
+}
+
 void jit_free(KeelJit *j) {
   if (!j)
     return;

@@ -162,6 +162,7 @@ typedef enum {
   IN_STEPS, // schedule: the schedule's duration in steps
   IN_EPOCH, // schedule: the epoch from 0
   IN_BASE,  // schedule: the optimizer's base learning rate
+  IN_SPE,   // schedule: batches (steps) per epoch, for durations given in epochs
   IN_COUNT
 } InputKind;
 
@@ -175,6 +176,7 @@ typedef struct {
   int input;        // OP_INPUT: an InputKind
   int tensor;       // OP_TENSOR, OP_STORE: index into Prog.tensors
   int seq;          // OP_RAND: stream number, distinct per rand in the program
+  int attr[3];      // images: {stride, pad, dilation} (conv) or {kernel, stride, pad} (pool)
   Pos pos;          // where in the source this came from
   const char *layer;  // the layer instance it belongs to ("dense1"), or NULL
 } Ins;
@@ -224,6 +226,11 @@ int ir_expand(Fn *fn, int a, int axis, int64_t size);   // insert axis of the gi
 int ir_sumto(Fn *fn, int a, Shape to);                   // sum broadcast dims down to `to`
 int ir_matmul(Fn *fn, int a, int b, int ta, int tb);
 int ir_reshape(Fn *fn, int a, Shape to);
+// conv2d(x, w) with stride, pad, dilation; pooling with kernel, stride, pad
+int ir_conv2d(Fn *fn, int x, int w, int stride, int pad, int dilation);
+int ir_pool(Fn *fn, Op op, int x, int kernel, int stride, int pad);
+// the output size of a window of `window` elements sliding over `size` (+2·pad) by stride
+int64_t conv_out_size(int64_t size, int64_t window, int stride, int pad, int dilation);
 
 bool shape_eq(Shape a, Shape b);
 int64_t shape_numel(Shape s, int64_t n);   // element count with DIM_N = n
@@ -269,14 +276,34 @@ void interp_free(Fn *fn, double **vals);
 // ---------------------------------------------------------------------------------------------
 // lower.c — names, arguments and shapes: AST → program
 
-// A layer instance of the network, for `keel check` and for error attribution.
+// A bound argument of a layer, loss, optimizer or schedule: its parameter and value.
+typedef struct {
+  const char *name;
+  double value;
+  bool epochs;         // schedules: the value was given in epochs (value is the count)
+} Arg;
+
+// A layer instance of the network, for `keel check`, lints, explain and error attribution.
 typedef struct {
   const char *name;    // "dense1"
   const char *kind;    // "dense"
   Shape out;           // its output shape
   int64_t nparams;     // trained parameters it owns
   Pos pos;
+  int train_val;       // its output in the train function
+  Shape in;            // its input shape
+  Arg *args;           // every parameter of its definition, in order, with its value
+  int nargs;
 } LayerInfo;
+
+// A definition used by the train block, with its arguments (lints and explain).
+typedef struct {
+  const char *name;    // "adamw"
+  Arg *args;
+  int nargs;
+  Pos pos;             // its name in the script
+  bool has_duration;   // schedules: it has a `duration` parameter
+} Use;
 
 typedef enum { SRC_IDX, SRC_CSV } SourceKind;
 
@@ -292,7 +319,7 @@ typedef struct Prog {
   const char *model_name;    // network's name
   // persistent tensors
   Tensor *tensors;
-  int ntensors;
+  int ntensors, tensor_cap;
   // the compiled functions
   Fn *train;   // forward (train mode), loss, backward, optimizer update, stores
   Fn *eval;    // forward (eval mode) and loss
@@ -313,10 +340,32 @@ typedef struct Prog {
   int64_t batch, epochs, steps;  // steps 0 = no limit
   uint64_t seed;
   double base_lr;
+  bool drop_last;
+  double clip_norm, clip_value;           // 0 = off
+  int early_patience;                     // 0 = off
+  double early_min_delta;
+  bool early_monitor_accuracy;            // monitor val_accuracy instead of val_loss
+  int plateau_patience;                   // 0 = off
+  double plateau_factor;
+  double guard_spike;                     // 0 = no spike check
+  int guard_limit;
+  Pos early_pos, clip_pos, plateau_pos;   // where each was set, for lints and explain
+  Pos data_pos, batch_pos;                // the data block's name, the batch line
+  bool batch_set;                         // the script sets batch (or --batch)
+  Use loss, opt;                          // the loss and the optimizer
+  Use *segments;                          // the schedule's parts (a then b ...), or none
+  int nsegments;
+  // the guard: train's sum of squared gradients, and where to look for the first
+  // non-finite value (layer outputs, then gradients in backward order)
+  int train_gsq;
+  int nprobes;
+  int *probe_val;            // values of train
+  const char **probe_what;   // "the output of dense2"
   // memory: every value lives in a slot; slots [0, ntensors) are the persistent tensors, the
   // rest one block sized for the largest batch (codegen.c plans them, the driver allocates)
-  int nslots;
-  int64_t *slot_size;        // floats
+  int nslots, slot_cap;
+  int64_t *slot_size;        // floats at the compiled batch size
+  int64_t *slot_size_per_row;  // floats per sample, or 0 for a slot of fixed size
   int x_slot, y_slot;
   int *slot_train, *slot_eval, *slot_sched;  // per instruction, -1 = none (a constant)
   // layers, for keel check
@@ -331,6 +380,23 @@ typedef struct {
 } Overrides;
 
 Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides ov);
+
+// ---------------------------------------------------------------------------------------------
+// program.c — the descriptor the runtime reads (JSON, stored in the module as keel_program)
+
+char *program_json(Prog *p, const char *summary);
+
+// ---------------------------------------------------------------------------------------------
+// lint.c, explain.c — the safety lints and `keel explain`
+
+// Prints every compile-time lint of p as `file:line:col: warning: ...` with the source line
+// and a caret; returns how many it printed.
+int lint_program(Prog *p);
+// The lints that need the data's size (at the start of a run): a schedule whose parts
+// outlast training or that never changes the rate. Returns how many it printed.
+int lint_schedule(Prog *p, int64_t total_steps, int64_t steps_per_epoch);
+// `keel explain`: one or two plain sentences for every safety mechanism of the script.
+void explain_program(FILE *out, Prog *p);
 
 // ---------------------------------------------------------------------------------------------
 // stdlib.c — the standard library sources, embedded at build time
@@ -351,6 +417,9 @@ typedef struct KeelJit KeelJit;
 // print_llvm, which prints the optimized module to out instead) hands it to ORC LLJIT.
 KeelJit *jit_compile(Prog *p, bool print_llvm, FILE *out);
 KeelMain *jit_main(KeelJit *j);
+// The generated learning-rate function: in[] holds the InputKind scalars (as doubles).
+typedef float KeelSchedule(float **slots, const double *in);
+KeelSchedule *jit_schedule(KeelJit *j);
 void jit_free(KeelJit *j);
 
 // codegen.c: the module, in the given LLVM context (an LLVMContextRef and LLVMModuleRef,

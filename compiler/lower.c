@@ -76,6 +76,7 @@ typedef struct {
   int rand_seq;
   Instance *inst;
   int ninst;
+  int seg_duration;    // lower_segment: the segment's `duration` parameter, or -1
 } Lower;
 
 static void begin_fn(Lower *L, Fn *fn) {
@@ -103,10 +104,9 @@ static int find_tensor(Prog *p, const char *name) {
 }
 
 static int add_tensor(Prog *p, Tensor t) {
-  static int cap;
-  if (p->ntensors == cap) {
-    cap = cap ? cap * 2 : 64;
-    Tensor *n = arena_alloc(sizeof(Tensor) * (size_t)cap);
+  if (p->ntensors == p->tensor_cap) {
+    p->tensor_cap = p->tensor_cap ? p->tensor_cap * 2 : 64;
+    Tensor *n = arena_alloc(sizeof(Tensor) * (size_t)p->tensor_cap);
     if (p->ntensors)
       memcpy(n, p->tensors, sizeof(Tensor) * (size_t)p->ntensors);
     p->tensors = n;
@@ -118,6 +118,8 @@ static int add_tensor(Prog *p, Tensor t) {
 }
 
 static void defer_store(Lower *L, int tensor, int v, Pos pos) {
+  if (L->tval[tensor] == v)  // `s = setting ? new : s` with the setting off: nothing to write
+    return;
   if (L->nstores == (int)(sizeof L->stores_t / sizeof L->stores_t[0]))
     error_at(pos, "too many updated tensors (the limit is 4096)");
   for (int i = 0; i < L->nstores; i++)
@@ -224,6 +226,8 @@ static double const_eval(Env *env, Node *e) {
       return b->c;
     if (!strcmp(e->name, "pi"))
       return M_PI;
+    if (!strcmp(e->name, "same"))  // pad=same: conv pads to keep the size (images.nn)
+      return -1;
     if (b)
       error_at(e->pos, "'%s' is not known before training; a number is needed here", e->name);
     error_at(e->pos, "unknown name '%s'", e->name);
@@ -328,6 +332,23 @@ static Env *bind_args(Env *env, Node *def, int skip, Node **items, int nitems, P
   return out;
 }
 
+// The definition's parameters (from the `skip`-th) with their bound values, in order.
+static Arg *args_of(Node *def, int skip, Env *env, int *nargs) {
+  int n = 0;
+  for (Node *p = def->args; p; p = p->next)
+    n++;
+  Arg *a = arena_alloc(sizeof(Arg) * (size_t)(n + 1));
+  *nargs = 0;
+  int k = 0;
+  for (Node *p = def->args; p; p = p->next, k++) {
+    if (k < skip)
+      continue;
+    Env *b = find(env, p->name);
+    a[(*nargs)++] = (Arg){p->name, b && b->kind == B_CONST ? b->c : 0, false};
+  }
+  return a;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Expressions
 
@@ -343,15 +364,54 @@ static int axis_arg(Lower *L, Env *env, Node *call, Node *named, int rank) {
   return (int)a;
 }
 
+// conv2d(x, w, stride=1, pad=0, dilation=1); maxpool(x, k, stride=k, pad=0); avgpool likewise
+static int lower_image_call(Lower *L, Env *env, Node *e) {
+  Fn *fn = L->fn;
+  bool conv = !strcmp(e->name, "conv2d");
+  Node *pos[2] = {0};
+  int np = 0, attr[3] = {1, 0, 1};  // stride, pad, dilation
+  bool has_stride = false;
+  for (Node *a = e->args; a; a = a->next) {
+    if (a->kind != ND_NAMED) {
+      if (np == 2)
+        error_at(a->pos, "'%s' takes 2 arguments", e->name);
+      pos[np++] = a;
+      continue;
+    }
+    int k = !strcmp(a->name, "stride") ? 0 : !strcmp(a->name, "pad") ? 1
+            : conv && !strcmp(a->name, "dilation") ? 2 : -1;
+    if (k < 0)
+      error_at(a->pos, "'%s' has no argument '%s'", e->name, a->name);
+    attr[k] = (int)const_int(env, a->lhs, a->name, k == 1 ? 0 : 1);
+    has_stride |= k == 0;
+  }
+  if (np != 2)
+    error_at(e->pos, "'%s' takes 2 arguments: %s", e->name,
+             conv ? "the input and the weight" : "the input and the window size");
+  int x = lower_expr(L, env, pos[0]);
+  if (conv) {
+    int w = lower_expr(L, env, pos[1]);
+    fn->cur_pos = e->pos;
+    return ir_conv2d(fn, x, w, attr[0], attr[1], attr[2]);
+  }
+  int k = (int)const_int(env, pos[1], "the window size", 1);
+  fn->cur_pos = e->pos;
+  return ir_pool(fn, e->name[0] == 'm' ? OP_MAXPOOL : OP_AVGPOOL, x, k,
+                 has_stride ? attr[0] : k, attr[1]);
+}
+
 static int lower_call(Lower *L, Env *env, Node *e) {
   Fn *fn = L->fn;
-  Node *pos[4], *axis = NULL;
+  Node *pos[4], *axis = NULL, *keep = NULL;
   int np = 0;
   for (Node *a = e->args; a; a = a->next) {
     if (a->kind == ND_NAMED) {
-      if (strcmp(a->name, "axis"))
+      if (strcmp(a->name, "axis") && strcmp(a->name, "keep"))
         error_at(a->pos, "'%s' has no argument '%s'", e->name, a->name);
-      axis = a;
+      if (a->name[0] == 'k')
+        keep = a;
+      else
+        axis = a;
     } else if (np == 4) {
       error_at(a->pos, "too many arguments to '%s'", e->name);
     } else {
@@ -386,17 +446,63 @@ static int lower_call(Lower *L, Env *env, Node *e) {
     fn->cur_pos = e->pos;
     return ir_op2(fn, is_max ? OP_MAX : OP_MIN, a, b);
   }
-  Op red = is_max ? OP_RMAX : !strcmp(f, "sum") ? OP_SUM : !strcmp(f, "mean") ? OP_MEAN
+  Op red = is_max || is_min ? OP_RMAX : !strcmp(f, "sum") ? OP_SUM : !strcmp(f, "mean") ? OP_MEAN
            : !strcmp(f, "logsumexp") ? OP_LSE : OP_COUNT;
   if (red != OP_COUNT) {
     WANT(1);
     int a = lower_expr(L, env, pos[0]);
     fn->cur_pos = e->pos;
-    int ax = axis ? axis_arg(L, env, e, axis, fn->ins[a].shape.rank) : -1;
-    return ir_reduce(fn, red, a, ax);
+    Shape as = fn->ins[a].shape;
+    int ax = axis ? axis_arg(L, env, e, axis, as.rank) : -1;
+    int r = is_min ? ir_op1(fn, OP_NEG, ir_reduce(fn, red, ir_op1(fn, OP_NEG, a), ax))  // -max(-a)
+                   : ir_reduce(fn, red, a, ax);
+    if (keep && const_eval(env, keep->lhs) != 0) {  // keep=1: the axis stays, with size 1
+      Shape k = as;
+      for (int i = 0; i < k.rank; i++)
+        if (ax < 0 || i == ax)
+          k.dim[i] = 1;
+      r = ir_reshape(fn, r, k);
+    }
+    return r;
   }
+  if (keep)
+    error_at(keep->pos, "'%s' has no argument 'keep'", f);
   if (axis)
     error_at(axis->pos, "'%s' has no argument 'axis'", f);
+  if (!strcmp(f, "conv2d") || !strcmp(f, "maxpool") || !strcmp(f, "avgpool"))
+    return lower_image_call(L, env, e);
+  // per-feature statistics: axis 1 holds the features of [n, f] or the channels of
+  // [n, c, h, w]; batchnorm is written with these
+  if (!strcmp(f, "feature_mean") || !strcmp(f, "feature_count")) {
+    WANT(1);
+    int a = lower_expr(L, env, pos[0]);
+    Shape s = fn->ins[a].shape;
+    fn->cur_pos = e->pos;
+    if (s.rank < 2)
+      error_at(e->pos, "'%s' needs a batch of samples [n, features, ...], got %s", f, shape_str(s));
+    if (f[8] == 'c') {  // the number of values averaged per feature: numel / features
+      int c = ir_const(fn, 1);
+      for (int i = 0; i < s.rank; i++)
+        if (i != 1)
+          c = ir_op2(fn, OP_MUL, c, s.dim[i] == DIM_N ? ir_input(fn, IN_N, shape_scalar())
+                                                      : ir_const(fn, (double)s.dim[i]));
+      return c;
+    }
+    for (int i = s.rank - 1; i >= 2; i--)  // equal-sized groups: the mean of means is exact
+      a = ir_reduce(fn, OP_MEAN, a, i);
+    return ir_reduce(fn, OP_MEAN, a, 0);
+  }
+  if (!strcmp(f, "per_feature")) {
+    WANT(2);
+    int v = lower_expr(L, env, pos[0]), a = lower_expr(L, env, pos[1]);
+    Shape vs = fn->ins[v].shape, s = fn->ins[a].shape;
+    fn->cur_pos = e->pos;
+    if (s.rank < 2 || vs.rank != 1 || vs.dim[0] != s.dim[1])
+      error_at(e->pos, "per_feature(v, x) needs v of shape [features] and x of shape "
+                       "[n, features, ...], got %s and %s", shape_str(vs), shape_str(s));
+    Shape to = {.rank = s.rank - 1, .dim = {vs.dim[0], 1, 1}};
+    return ir_reshape(fn, v, to);
+  }
   if (!strcmp(f, "transpose")) {
     WANT(1);
     int a = lower_expr(L, env, pos[0]);
@@ -486,6 +592,9 @@ static int lower_expr(Lower *L, Env *env, Node *e) {
   }
   case ND_TERNARY: {
     int c = lower_expr(L, env, e->cond);
+    double cv;
+    if (ir_is_const(fn, c, &cv))  // decided now: only the branch taken is built
+      return lower_expr(L, env, cv != 0 ? e->lhs : e->rhs);
     int a = lower_expr(L, env, e->lhs), b = lower_expr(L, env, e->rhs);
     fn->cur_pos = e->pos;
     return ir_select(fn, c, a, b);
@@ -590,11 +699,15 @@ static int lower_forward(Lower *L, int x, bool record) {
   for (int i = 0; i < L->ninst; i++) {
     Instance *inst = &L->inst[i];
     int before = L->p->ntensors;
+    if (record)
+      L->p->layers[i].in = L->fn->ins[x].shape;
     x = lower_layer(L, inst, x);
     if (record) {
       LayerInfo *li = &L->p->layers[i];
       li->name = inst->name, li->kind = inst->def->name, li->pos = inst->at->pos;
       li->out = L->fn->ins[x].shape;
+      li->train_val = x;
+      li->args = args_of(inst->def, 0, inst->args, &li->nargs);
       for (int t = before; t < L->p->ntensors; t++)
         if (L->p->tensors[t].kind == TK_PARAM)
           li->nparams += shape_numel(L->p->tensors[t].shape, 1);
@@ -643,7 +756,10 @@ static void collect_instances(Lower *L, Node *net) {
           Instance *inst = &L->inst[L->ninst++];
           inst->def = def;
           inst->at = head;
-          inst->name = str_fmt("%s%d", def->name, ++counts[k].count);
+          // dense1, dense2, ...; a kind ending in a digit gets an underscore (conv3d_1)
+          size_t len = strlen(def->name);
+          bool digit = len && def->name[len - 1] >= '0' && def->name[len - 1] <= '9';
+          inst->name = str_fmt("%s%s%d", def->name, digit ? "_" : "", ++counts[k].count);
           inst->args = bind_args(NULL, def, 0, items, nitems, head->pos,
                                  str_fmt("layer '%s'", def->name));
         }
@@ -765,9 +881,14 @@ static void lower_data(Prog *p, Node *data) {
       lower_source(p, l, src);
       *has = true;
     } else if (!strcmp(l->name, "scale") || !strcmp(l->name, "holdout")) {
+      for (Node *o = data->body; o != l; o = o->next)
+        if (!strcmp(o->name, l->name))
+          error_at(l->pos, "'%s' is given twice", l->name);
       if (!l->args || l->args->next)
         error_at(l->pos, "'%s' takes one number", l->name);
       double v = const_eval(NULL, l->args);
+      if (l->name[0] == 's' && !(v > 0 && isfinite(v)))
+        error_at(l->args->pos, "scale must be a number above 0, got %g", v);
       if (l->name[0] == 's')
         p->scale = v;
       else if (!(v > 0 && v < 1))
@@ -806,6 +927,94 @@ static Node *setting_def(Lower *L, Node *line, NodeKind kind, Node **items, int 
   return def;
 }
 
+// A setting line of name=value items: `clip norm=1.0`, `early_stop patience=3`. Each value
+// is a number except where names[i] ends in '$' (a word, as in monitor=val_loss): its
+// text goes to words[i].
+static void named_settings(Node *line, const char **names, int count, double *vals,
+                           bool *have, const char **words) {
+  for (Node *it = line->args; it; it = it->next) {
+    if (it->kind != ND_NAMED) {
+      char list[256] = "";
+      for (int i = 0; i < count; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%.*s=", i ? ", " : "",
+                 (int)strcspn(names[i], "$"), names[i]);
+      error_at(it->pos, "'%s' takes name=value settings (%s)", line->name, list);
+    }
+    int k;
+    for (k = 0; k < count && strncmp(names[k], it->name, strcspn(names[k], "$")) |
+                                 (strlen(it->name) != strcspn(names[k], "$"));
+         k++)
+      ;
+    if (k == count)
+      error_at(it->pos, "'%s' has no setting '%s'", line->name, it->name);
+    if (have[k])
+      error_at(it->pos, "'%s' is given twice", it->name);
+    have[k] = true;
+    if (names[k][strlen(names[k]) - 1] == '$') {
+      if (it->lhs->kind != ND_IDENT)
+        error_at(it->lhs->pos, "%s= takes a word", it->name);
+      words[k] = it->lhs->name;
+    } else {
+      vals[k] = const_eval(NULL, it->lhs);
+    }
+  }
+}
+
+static void lower_setting(Prog *p, Node *l) {
+  const char *w = l->name;
+  double v[4] = {0};
+  bool have[4] = {0};
+  const char *word[4] = {0};
+  if (!strcmp(w, "clip")) {
+    named_settings(l, (const char *[]){"norm", "value"}, 2, v, have, word);
+    if (!have[0] && !have[1])
+      error_at(l->pos, "'clip' needs norm=... (the gradients' global L2 norm) or value=...");
+    for (int i = 0; i < 2; i++)
+      if (have[i] && !(v[i] > 0))
+        error_at(l->pos, "clip %s= must be above 0, got %g", i ? "value" : "norm", v[i]);
+    p->clip_norm = v[0], p->clip_value = v[1], p->clip_pos = l->pos;
+  } else if (!strcmp(w, "early_stop")) {
+    named_settings(l, (const char *[]){"patience", "min_delta", "monitor$"}, 3, v, have, word);
+    p->early_patience = have[0] ? (int)v[0] : 5;
+    if (have[0] && (v[0] != (int)v[0] || v[0] < 1))
+      error_at(l->pos, "early_stop patience= must be a whole number of epochs above 0");
+    p->early_min_delta = v[1];
+    if (word[2] && strcmp(word[2], "val_loss") && strcmp(word[2], "val_accuracy"))
+      error_at(l->pos, "early_stop monitor= is val_loss or val_accuracy, not '%s'", word[2]);
+    p->early_monitor_accuracy = word[2] && !strcmp(word[2], "val_accuracy");
+    p->early_pos = l->pos;
+  } else if (!strcmp(w, "on_plateau")) {
+    named_settings(l, (const char *[]){"factor", "patience"}, 2, v, have, word);
+    p->plateau_factor = have[0] ? v[0] : 0.1;
+    p->plateau_patience = have[1] ? (int)v[1] : 10;
+    if (!(p->plateau_factor > 0 && p->plateau_factor < 1))
+      error_at(l->pos, "on_plateau factor= must be between 0 and 1, got %g", p->plateau_factor);
+    if (p->plateau_patience < 1)
+      error_at(l->pos, "on_plateau patience= must be a whole number of epochs above 0");
+    p->plateau_pos = l->pos;
+  } else if (!strcmp(w, "guard")) {
+    named_settings(l, (const char *[]){"spike", "limit"}, 2, v, have, word);
+    if (have[0]) {
+      if (v[0] != 0 && !(v[0] > 1))
+        error_at(l->pos, "guard spike= is a factor above 1 (or 0 to turn the spike check off)");
+      p->guard_spike = v[0];
+    }
+    if (have[1]) {
+      if (v[1] != (int)v[1] || v[1] < 1)
+        error_at(l->pos, "guard limit= must be a whole number above 0");
+      p->guard_limit = (int)v[1];
+    }
+  } else if (!strcmp(w, "drop_last")) {
+    if (l->args)
+      error_at(l->args->pos, "'drop_last' takes no value");
+    p->drop_last = true;
+  } else {
+    error_at(l->pos, "unknown setting '%s' in a train block (expected loss, optimizer, "
+                     "schedule, batch, epochs, steps, seed, clip, early_stop, on_plateau, "
+                     "drop_last or guard)", w);
+  }
+}
+
 // Does the expression use `labels` as pick's second argument (class indices)?
 static bool picks_labels(Node *e, const char *labels) {
   if (!e)
@@ -820,6 +1029,162 @@ static bool picks_labels(Node *e, const char *labels) {
     if (picks_labels(a, labels))
       return true;
   return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schedules: `schedule warmup 2 epochs then cosine min_lr=1e-5`
+
+typedef struct {
+  Node *def, *name;
+  Node *items[64];
+  int nitems;
+  bool epochs[64];  // the item carries the unit `epochs` (else steps)
+} Segment;
+
+// One segment's rate at `step` (relative to its start) over `steps`, as an IR scalar.
+static int lower_segment(Lower *L, Segment *sg, int step, int steps) {
+  Fn *fn = L->fn;
+  const char *what = str_fmt("schedule '%s'", sg->def->name);
+  Env *env = bind_args(NULL, sg->def, 0, sg->items, sg->nitems, sg->name->pos, what);
+  // durations in epochs become run-time values: the count times the batches per epoch
+  for (int i = 0; i < sg->nitems; i++) {
+    if (!sg->epochs[i])
+      continue;
+    Node *it = sg->items[i];
+    const char *pname = NULL;
+    if (it->kind == ND_NAMED) {
+      pname = it->name;
+    } else {  // the k-th positional item binds the k-th parameter not given by name
+      int k = 0;
+      for (int j = 0; j < i; j++)
+        k += sg->items[j]->kind != ND_NAMED;
+      for (Node *prm = sg->def->args; prm; prm = prm->next) {
+        bool named = false;
+        for (int j = 0; j < sg->nitems; j++)
+          named |= sg->items[j]->kind == ND_NAMED && !strcmp(sg->items[j]->name, prm->name);
+        if (!named && k-- == 0) {
+          pname = prm->name;
+          break;
+        }
+      }
+    }
+    Env *b = pname ? find(env, pname) : NULL;
+    if (!b)
+      unreachable();
+    int spe = ir_input(fn, IN_SPE, shape_scalar());
+    env = bind(env, pname, B_VAL, ir_op2(fn, OP_MUL, ir_const(fn, b->c), spe), 0, -1);
+  }
+  env = bind(env, "step", B_VAL, step, 0, -1);
+  env = bind(env, "steps", B_VAL, steps, 0, -1);
+  env = bind(env, "epoch", B_VAL, ir_input(fn, IN_EPOCH, shape_scalar()), 0, -1);
+  env = bind(env, "base", B_VAL, ir_input(fn, IN_BASE, shape_scalar()), 0, -1);
+  error_context(sg->name->pos, str_fmt("in schedule '%s': ", sg->def->name));
+  int r = lower_expr(L, env, sg->def->lhs);
+  error_context_clear();
+  if (fn->ins[r].shape.rank != 0)
+    error_at(sg->def->pos, "a schedule must give a single number");
+  Env *d = find(env, "duration");
+  L->seg_duration = d ? (d->kind == B_VAL ? d->val : ir_const(fn, d->c)) : -1;
+  return r;
+}
+
+// a then b then c: a for its duration, then the rest over the remaining steps.
+static int lower_chain(Lower *L, Segment *sg, int i, int nseg, int step, int steps) {
+  Fn *fn = L->fn;
+  int r = lower_segment(L, &sg[i], step, steps);
+  if (i == nseg - 1)
+    return r;
+  int d = L->seg_duration;
+  if (d < 0)
+    error_at(sg[i].name->pos, "schedule '%s' has no duration, so nothing can follow it with "
+                              "'then' (warmup and linear have one)", sg[i].def->name);
+  int rest = lower_chain(L, sg, i + 1, nseg, ir_op2(fn, OP_SUB, step, d),
+                         ir_op2(fn, OP_SUB, steps, d));
+  return ir_select(fn, ir_op2(fn, OP_LT, step, d), r, rest);
+}
+
+static int lower_schedule(Lower *L, Node *line) {
+  Fn *fn = L->fn;
+  int step = ir_input(fn, IN_STEP, shape_scalar()), steps = ir_input(fn, IN_STEPS, shape_scalar());
+  Segment *sg = arena_alloc(sizeof(Segment) * 16);
+  int nseg = 0;
+  if (!line) {
+    sg[0].def = find_def(L, ND_SCHEDDEF, "constant");
+    if (!sg[0].def)
+      die("the stdlib has no constant schedule");
+    sg[0].name = sg[0].def;
+    return lower_chain(L, sg, 0, 1, step, steps);
+  }
+  for (Node *it = line->args; it; it = it->next) {
+    Segment *cur = nseg ? &sg[nseg - 1] : NULL;
+    bool unit = it->kind == ND_IDENT && cur && cur->nitems > 0 &&
+                (!strcmp(it->name, "steps") || !strcmp(it->name, "step") ||
+                 !strcmp(it->name, "epochs") || !strcmp(it->name, "epoch"));
+    if (unit) {
+      cur->epochs[cur->nitems - 1] = it->name[0] == 'e';
+      continue;
+    }
+    if (it->kind == ND_THEN) {
+      if (!cur || !it->next)
+        error_at(it->pos, "'then' joins two schedules: 'schedule warmup 500 then cosine'");
+      if (nseg == 16)
+        error_at(it->pos, "too many schedules joined with 'then'");
+      sg[nseg++] = (Segment){0};
+      continue;
+    }
+    if (!cur || !cur->def) {
+      if (!cur)
+        cur = &sg[nseg++];
+      if (it->kind != ND_IDENT)
+        error_at(it->pos, "expected the name of a schedule here");
+      cur->def = find_def(L, ND_SCHEDDEF, it->name);
+      if (!cur->def)
+        error_at(it->pos, "unknown schedule '%s'%s", it->name, suggest(L, ND_SCHEDDEF, it->name));
+      cur->name = it;
+      continue;
+    }
+    if (cur->nitems == 64)
+      error_at(it->pos, "too many arguments");
+    cur->items[cur->nitems++] = it;
+  }
+  if (!nseg)
+    error_at(line->pos, "'schedule' needs the name of a schedule, e.g. 'schedule cosine'");
+  int r = lower_chain(L, sg, 0, nseg, step, steps);
+  // what lints and explain need: each segment's arguments, in steps or epochs as written
+  Prog *p = L->p;
+  p->segments = arena_alloc(sizeof(Use) * (size_t)nseg);
+  p->nsegments = nseg;
+  for (int i = 0; i < nseg; i++) {
+    Use *u = &p->segments[i];
+    Env *env = bind_args(NULL, sg[i].def, 0, sg[i].items, sg[i].nitems, sg[i].name->pos, "");
+    u->name = sg[i].def->name, u->pos = sg[i].name->pos;
+    u->args = args_of(sg[i].def, 0, env, &u->nargs);
+    for (int k = 0; k < u->nargs; k++) {
+      u->has_duration |= !strcmp(u->args[k].name, "duration");
+      for (int j = 0; j < sg[i].nitems; j++) {
+        Node *it = sg[i].items[j];
+        if (sg[i].epochs[j] && it->kind == ND_NAMED && !strcmp(it->name, u->args[k].name))
+          u->args[k].epochs = true;
+      }
+    }
+    // positional items given in epochs: the k-th positional binds the k-th unnamed parameter
+    for (int j = 0, pos = 0; j < sg[i].nitems; j++) {
+      if (sg[i].items[j]->kind == ND_NAMED)
+        continue;
+      int seen = 0;
+      for (int k = 0; k < u->nargs; k++) {
+        bool named = false;
+        for (int m = 0; m < sg[i].nitems; m++)
+          named |= sg[i].items[m]->kind == ND_NAMED && !strcmp(sg[i].items[m]->name, u->args[k].name);
+        if (!named && seen++ == pos) {
+          u->args[k].epochs |= sg[i].epochs[j];
+          break;
+        }
+      }
+      pos++;
+    }
+  }
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -886,6 +1251,7 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
 
   // settings
   p->batch = 32, p->epochs = 1, p->steps = 0, p->seed = 0;
+  p->guard_spike = 10, p->guard_limit = 3;
   Node *loss_line = NULL, *opt_line = NULL, *sched_line = NULL;
   for (Node *l = train->body; l; l = l->next) {
     const char *w = l->name;
@@ -896,28 +1262,34 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
       *slot = l;
     } else if (!strcmp(w, "batch") || !strcmp(w, "epochs") || !strcmp(w, "steps") ||
                !strcmp(w, "seed")) {
+      for (Node *o = train->body; o != l; o = o->next)
+        if (!strcmp(o->name, w))
+          error_at(l->pos, "'%s' is given twice", w);
       if (!l->args || l->args->next)
         error_at(l->pos, "'%s' takes one number", w);
       int64_t v = const_int(NULL, l->args, w, w[0] == 'b' ? 1 : 0);
-      if (w[0] == 'b') p->batch = v;
+      if (w[0] == 'b') p->batch = v, p->batch_set = true, p->batch_pos = l->pos;
       else if (w[1] == 'p') p->epochs = v;
       else if (w[1] == 't') p->steps = v;
       else p->seed = (uint64_t)v;
     } else {
-      error_at(l->pos, "unknown setting '%s' in a train block (expected loss, optimizer, "
-                       "schedule, batch, epochs, steps or seed)", w);
+      for (Node *o = train->body; o != l; o = o->next)
+        if (!strcmp(o->name, w))
+          error_at(l->pos, "'%s' is given twice", w);
+      lower_setting(p, l);
     }
   }
   if (!loss_line)
     error_at(train->pos, "the train block has no 'loss' line, e.g. 'loss cross_entropy'");
   if (!opt_line)
     error_at(train->pos, "the train block has no 'optimizer' line, e.g. 'optimizer sgd lr=0.1'");
-  if (ov.batch > 0) p->batch = ov.batch;
+  if (ov.batch > 0) p->batch = ov.batch, p->batch_set = true;
   if (ov.epochs >= 0) p->epochs = ov.epochs;
   if (ov.steps >= 0) p->steps = ov.steps;
   if (ov.seed >= 0) p->seed = (uint64_t)ov.seed;
 
   lower_data(p, data);
+  p->data_pos = data->pos;
 
   // the network
   p->in_shape = input_shape(net);
@@ -935,6 +1307,8 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
   Env *largs = bind_args(NULL, lossdef, 2, items, nitems, loss_line->args->pos,
                          str_fmt("loss '%s'", lossdef->name));
   p->classify = picks_labels(lossdef->lhs, lossdef->args->next->name);
+  p->loss = (Use){.name = lossdef->name, .pos = loss_line->args->pos};
+  p->loss.args = args_of(lossdef, 2, largs, &p->loss.nargs);
 
   Node *optdef = setting_def(L, opt_line, ND_OPTDEF, items, &nitems);
   Env *oargs = bind_args(NULL, optdef, 0, items, nitems, opt_line->args->pos,
@@ -943,19 +1317,8 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
   if (!lr)
     error_at(optdef->pos, "optimizer '%s' has no 'lr' parameter", optdef->name);
   p->base_lr = lr->c;
-
-  Node *scheddef;
-  Env *sargs;
-  if (sched_line) {
-    scheddef = setting_def(L, sched_line, ND_SCHEDDEF, items, &nitems);
-    sargs = bind_args(NULL, scheddef, 0, items, nitems, sched_line->args->pos,
-                      str_fmt("schedule '%s'", scheddef->name));
-  } else {
-    scheddef = find_def(L, ND_SCHEDDEF, "constant");
-    if (!scheddef)
-      die("the stdlib has no constant schedule");
-    sargs = NULL;
-  }
+  p->opt = (Use){.name = optdef->name, .pos = opt_line->args->pos};
+  p->opt.args = args_of(optdef, 0, oargs, &p->opt.nargs);
 
   // train: forward (training mode), loss, backward, optimizer, stores
   p->train = ir_new_fn("train_step");
@@ -979,9 +1342,62 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
   int *grads = arena_alloc(sizeof(int) * (size_t)(nparams + 1));
   p->train->nfwd = p->train->len;
   ad_grad(p->train, loss, wrt, nparams, grads);
+  Fn *fn = p->train;
+
+  // The guard and clip by norm need Σ g² over every gradient (before clipping, as
+  // torch.nn.utils.clip_grad_norm_ measures it).
+  fn->cur_layer = NULL, fn->cur_pos = train->pos;
+  int gsq = ir_const(fn, 0);
+  for (int k = 0; k < nparams; k++)
+    gsq = ir_op2(fn, OP_ADD, gsq, ir_reduce(fn, OP_SUM, ir_op2(fn, OP_MUL, grads[k], grads[k]), -1));
+  p->train_gsq = gsq;
+  // The guard looks for the first non-finite value in the layers' outputs, then in the
+  // gradients in the order the backward pass computes them (the last layer's first).
+  p->probe_val = arena_alloc(sizeof(int) * (size_t)(L->ninst + nparams + 1));
+  p->probe_what = arena_alloc(sizeof(char *) * (size_t)(L->ninst + nparams + 1));
+  for (int i = 0; i < L->ninst; i++) {
+    p->probe_val[p->nprobes] = p->layers[i].train_val;
+    p->probe_what[p->nprobes++] = str_fmt("the output of %s", p->layers[i].name);
+  }
+  for (int k = nparams - 1; k >= 0; k--)
+    if (!ir_is_const(fn, grads[k], NULL)) {
+      p->probe_val[p->nprobes] = grads[k];
+      p->probe_what[p->nprobes++] = str_fmt("the gradient of %s", p->tensors[ptensor[k]].name);
+    }
+  // Clipping: by value (clamp each element), then by the global norm (scale every gradient
+  // by min(1, c / (‖g‖ + 1e-6)), as clip_grad_value_ and clip_grad_norm_).
+  if (p->clip_value > 0 || p->clip_norm > 0) {
+    fn->cur_pos = p->clip_pos;
+    int coef = -1;
+    if (p->clip_norm > 0) {
+      int norm = ir_op1(fn, OP_SQRT, gsq);
+      coef = ir_op2(fn, OP_MIN, ir_const(fn, 1),
+                    ir_op2(fn, OP_DIV, ir_const(fn, p->clip_norm),
+                           ir_op2(fn, OP_ADD, norm, ir_const(fn, 1e-6))));
+      if (p->clip_value > 0) {  // the norm of the value-clipped gradients
+        int sq = ir_const(fn, 0);
+        for (int k = 0; k < nparams; k++) {
+          int c = ir_op2(fn, OP_MIN, ir_op2(fn, OP_MAX, grads[k], ir_const(fn, -p->clip_value)),
+                         ir_const(fn, p->clip_value));
+          sq = ir_op2(fn, OP_ADD, sq, ir_reduce(fn, OP_SUM, ir_op2(fn, OP_MUL, c, c), -1));
+        }
+        norm = ir_op1(fn, OP_SQRT, sq);
+        coef = ir_op2(fn, OP_MIN, ir_const(fn, 1),
+                      ir_op2(fn, OP_DIV, ir_const(fn, p->clip_norm),
+                             ir_op2(fn, OP_ADD, norm, ir_const(fn, 1e-6))));
+      }
+    }
+    for (int k = 0; k < nparams; k++) {
+      if (p->clip_value > 0)
+        grads[k] = ir_op2(fn, OP_MIN, ir_op2(fn, OP_MAX, grads[k], ir_const(fn, -p->clip_value)),
+                          ir_const(fn, p->clip_value));
+      if (coef >= 0)
+        grads[k] = ir_op2(fn, OP_MUL, grads[k], coef);
+    }
+  }
 
   // the optimizer, inlined once per parameter
-  Fn *fn = p->train;
+  fn->cur_layer = NULL;
   int in_lr = ir_input(fn, IN_LR, shape_scalar()), in_t = ir_input(fn, IN_T, shape_scalar());
   for (int k = 0; k < nparams; k++) {
     int t = ptensor[k];
@@ -1014,7 +1430,11 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
   }
   fn->cur_layer = NULL;
   emit_stores(L);
-  ir_simplify(p->train, (int *[]){&p->train_loss, &p->train_out}, 2);
+  int **roots = arena_alloc(sizeof(int *) * (size_t)(p->nprobes + 4));
+  roots[0] = &p->train_loss, roots[1] = &p->train_out, roots[2] = &p->train_gsq;
+  for (int i = 0; i < p->nprobes; i++)
+    roots[3 + i] = &p->probe_val[i];
+  ir_simplify(p->train, roots, 3 + p->nprobes);
   ir_verify(p->train);
 
   // eval: forward (evaluation mode) and loss
@@ -1030,21 +1450,11 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
   ir_simplify(p->eval, (int *[]){&p->eval_loss, &p->eval_out}, 2);
   ir_verify(p->eval);
 
-  // the schedule: a scalar function of step, steps, epoch and base
+  // the schedule: a scalar function of step, steps, epoch, base (and batches per epoch)
   p->sched = ir_new_fn("schedule");
   begin_fn(L, p->sched);
   Fn *sf = p->sched;
-  Env *env = sargs;
-  env = bind(env, "step", B_VAL, ir_input(sf, IN_STEP, shape_scalar()), 0, -1);
-  env = bind(env, "steps", B_VAL, ir_input(sf, IN_STEPS, shape_scalar()), 0, -1);
-  env = bind(env, "epoch", B_VAL, ir_input(sf, IN_EPOCH, shape_scalar()), 0, -1);
-  env = bind(env, "base", B_VAL, ir_input(sf, IN_BASE, shape_scalar()), 0, -1);
-  if (sched_line)
-    error_context(sched_line->pos, str_fmt("in schedule '%s': ", scheddef->name));
-  int r = lower_expr(L, env, scheddef->lhs);
-  error_context_clear();
-  if (sf->ins[r].shape.rank != 0)
-    error_at(scheddef->pos, "a schedule must give a single number");
+  int r = lower_schedule(L, sched_line);
   p->sched_out = r;
   ir_simplify(sf, (int *[]){&p->sched_out}, 1);
   ir_verify(sf);

@@ -2,6 +2,7 @@
 //
 //   keel run FILE [flags]      compile the script and train it through the JIT
 //   keel check FILE            the layer table: output shapes and parameter counts
+//   keel schedule FILE         the learning rate of every step, as CSV
 //   keel emit ast|ir|llvm FILE print a stage's output
 //
 // Exit status: 0 on success, 1 on a script, data or command-line error.
@@ -16,6 +17,7 @@
 static const char usage[] =
     "usage: keel run FILE [options]     train the network of a .nn script (JIT)\n"
     "       keel check FILE             show its layers, output shapes and parameter counts\n"
+    "       keel schedule FILE [options] print the learning rate at every step (CSV)\n"
     "       keel emit ast|ir|llvm FILE  print the syntax tree, the tensor IR (forward and\n"
     "                                   backward) or the optimized LLVM IR\n"
     "       keel --help | --version\n"
@@ -64,7 +66,8 @@ static Args parse_args(int argc, char **argv) {
     printf("keel %s\n", KEEL_VERSION);
     exit(0);
   }
-  if (strcmp(a.cmd, "run") && strcmp(a.cmd, "check") && strcmp(a.cmd, "emit"))
+  if (strcmp(a.cmd, "run") && strcmp(a.cmd, "check") && strcmp(a.cmd, "emit") &&
+      strcmp(a.cmd, "schedule"))
     fatal("unknown command '%s' (try keel --help)", a.cmd);
   int i = 2;
   if (!strcmp(a.cmd, "emit")) {
@@ -80,7 +83,7 @@ static Args parse_args(int argc, char **argv) {
       a.file = f;
       continue;
     }
-    if (strcmp(a.cmd, "run") && strcmp(f, "--help"))
+    if (strcmp(a.cmd, "run") && strcmp(a.cmd, "schedule") && strcmp(f, "--help"))
       fatal("unknown option '%s' for keel %s", f, a.cmd);
     if (!strcmp(f, "--help")) {
       fputs(usage, stdout);
@@ -153,7 +156,14 @@ static void fill_source(const DataSource *s, bool has, int *kind, const char **p
   *path = s->path, *path2 = s->path2, *label = s->label;
 }
 
-static int run(Prog *p, Args *a) {
+// A compiled script ready to train: the JIT, the run (data, tensors) and the slots.
+typedef struct {
+  KeelJit *jit;
+  KrtRun *run;
+  float **slots, *block;
+} Session;
+
+static Session start(Prog *p, Args *a) {
   double t0 = krt_now();
   KeelJit *jit = jit_compile(p, false, NULL);
   double compile_seconds = krt_now() - t0;
@@ -177,6 +187,11 @@ static int run(Prog *p, Args *a) {
       .shuffle = !a->no_shuffle, .threads = a->threads,
       .compile_seconds = compile_seconds,
       .tensors = desc, .ntensors = p->ntensors, .parameters = p->nparams,
+      .drop_last = p->drop_last,
+      .early_patience = p->early_patience, .early_min_delta = p->early_min_delta,
+      .early_monitor = p->early_monitor_accuracy ? KRT_MONITOR_VAL_ACCURACY : KRT_MONITOR_VAL_LOSS,
+      .plateau_patience = p->plateau_patience, .plateau_factor = p->plateau_factor,
+      .spike_factor = p->guard_spike, .guard_limit = p->guard_limit,
   };
   fill_source(&p->train_src, p->has_train, &cfg.train_kind, &cfg.train_path, &cfg.train_path2,
               &cfg.train_label);
@@ -184,11 +199,6 @@ static int run(Prog *p, Args *a) {
               &cfg.val_label);
   fill_source(&p->test_src, p->has_test, &cfg.test_kind, &cfg.test_path, &cfg.test_path2,
               &cfg.test_label);
-
-  KrtRun *r = krt_run_new(&cfg);
-  krt_init_tensors(r);
-  if (a->init)
-    krt_load_init(r, a->init);
 
   // one block for every slot that is not a persistent tensor, each 64-byte aligned
   float **slots = calloc((size_t)p->nslots, sizeof *slots);
@@ -198,20 +208,64 @@ static int run(Prog *p, Args *a) {
   float *block = aligned_alloc(64, (size_t)(total ? total : 16) * sizeof(float));
   if (!slots || !block)
     fatal("out of memory for %lld activations", (long long)total);
-  for (int s = 0; s < p->ntensors; s++)
-    slots[s] = krt_tensor(r, s);
   for (int s = p->ntensors, off = 0; s < p->nslots; s++) {
     slots[s] = block + off;
     off += (int)((p->slot_size[s] + 15) & ~(int64_t)15);
   }
+  // what the guard inspects when a step goes non-finite
+  KrtProbe *probes = arena_alloc(sizeof *probes * (size_t)(p->nprobes + 1));
+  for (int i = 0; i < p->nprobes; i++) {
+    int v = p->probe_val[i], s = p->slot_train[v];
+    if (s < p->ntensors)
+      continue;
+    Shape sh = p->train->ins[v].shape;
+    bool per_row = false;
+    for (int d = 0; d < sh.rank; d++)
+      per_row |= sh.dim[d] == DIM_N;
+    probes[cfg.nprobes++] = (KrtProbe){p->probe_what[i], slots[s], shape_numel(sh, 1), per_row};
+  }
+  cfg.probes = probes;
 
-  jit_main(jit)(r, slots, p->seed);
-  int status = krt_finish(r);
-  krt_run_free(r);
-  free(block);
-  free(slots);
-  jit_free(jit);
+  KrtRun *r = krt_run_new(&cfg);
+  krt_init_tensors(r);
+  if (a->init)
+    krt_load_init(r, a->init);
+  for (int s = 0; s < p->ntensors; s++)
+    slots[s] = krt_tensor(r, s);
+
+  return (Session){jit, r, slots, block};
+}
+
+static void stop(Session *s) {
+  krt_run_free(s->run);
+  free(s->block);
+  free(s->slots);
+  jit_free(s->jit);
+}
+
+static int run(Prog *p, Args *a) {
+  Session s = start(p, a);
+  jit_main(s.jit)(s.run, s.slots, p->seed);
+  int status = krt_finish(s.run);
+  stop(&s);
   return status;
+}
+
+// `keel schedule FILE`: the learning rate at every step, as CSV (step, epoch, lr).
+static int schedule(Prog *p, Args *a) {
+  Session s = start(p, a);
+  KeelSchedule *lr = jit_schedule(s.jit);
+  int64_t total = krt_total_steps(s.run), per_epoch = krt_epoch_begin(s.run, 0);
+  double in[IN_COUNT] = {0};
+  in[IN_STEPS] = (double)total, in[IN_BASE] = p->base_lr, in[IN_SPE] = (double)per_epoch;
+  printf("step,epoch,lr\n");
+  for (int64_t step = 0; step < total; step++) {
+    in[IN_STEP] = (double)step, in[IN_EPOCH] = (double)(step / per_epoch);
+    printf("%lld,%lld,%.9g\n", (long long)step, (long long)(step / per_epoch),
+           lr(s.slots, in));
+  }
+  stop(&s);
+  return 0;
 }
 
 int main(int argc, char **argv) {
@@ -242,5 +296,7 @@ int main(int argc, char **argv) {
     }
     return 0;
   }
+  if (!strcmp(a.cmd, "schedule"))
+    return schedule(p, &a);
   return run(p, &a);
 }

@@ -18,7 +18,7 @@ static bool same_ins(const Ins *a, const Ins *b) {
     if (a->arg[k] != b->arg[k])
       return false;
   return a->imm == b->imm && a->axis == b->axis && a->ta == b->ta && a->tb == b->tb &&
-         a->input == b->input && a->tensor == b->tensor;
+         a->input == b->input && a->tensor == b->tensor && !memcmp(a->attr, b->attr, sizeof a->attr);
 }
 
 void ir_simplify(Fn *fn, int **roots, int nroots) {

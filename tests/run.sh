@@ -5,6 +5,8 @@
 #              its own "N passed, N failed", which is added up here
 #   parity     tests/parity/NAME.nn trains from PyTorch's initial weights and must end within a
 #              relative error of 1e-4 of PyTorch's weights (written by tests/parity/gen.py)
+#   schedules  `keel schedule` of tests/parity/schedules/NAME.nn must follow PyTorch's
+#              scheduler (NAME.lr.csv, from tests/parity/gen_schedules.py) within 1e-5
 #   errors     tests/errors/NAME.nn must fail `keel check` with exit status 1 and print
 #              exactly tests/errors/NAME.err on stderr
 #   end to end the examples train through the JIT and reach their accuracy; the same seed
@@ -88,6 +90,33 @@ if [ "$only" = all ] || [ "$only" = parity ]; then
       ok
     else
       fail "parity $name"; cat "$TMP/parity.log" "$TMP/cmp.log" | tail -n 12
+    fi
+    # eval mode: report.json's val_loss against PyTorch's in eval() (NAME.want.json), 1e-4
+    if [ -e "tests/parity/$name.want.json" ]; then
+      want=$(sed -n 's/.*"val_loss": *\([^,}]*\).*/\1/p' "tests/parity/$name.want.json")
+      got=$(json "$TMP/parity-$name/report.json" val_loss 2> /dev/null)
+      if awk -v g="$got" -v w="$want" 'BEGIN { d = g - w; if (d < 0) d = -d; m = w < 0 ? -w : w
+             exit !(g != "" && g != "null" && w != "" && d <= 1e-4 * (m > 1e-6 ? m : 1e-6)) }'; then
+        ok
+      else
+        fail "parity $name: val_loss ${got:-missing}, PyTorch $want (relative error above 1e-4)"
+      fi
+    fi
+  done
+fi
+
+if [ "$only" = all ] || [ "$only" = schedules ]; then
+  # learning-rate curves against torch.optim.lr_scheduler (tests/parity/gen_schedules.py)
+  for nn in tests/parity/schedules/*.nn; do
+    name=$(basename "${nn%.nn}")
+    if (cd tests/parity/schedules && "../../../$KEEL" schedule "$name.nn") > "$TMP/lr.csv" 2> "$TMP/lr.err" &&
+       awk -F, 'NR == FNR { if (FNR > 1) want[$1] = $2; next }
+                FNR > 1 { n++; d = $3 - want[$1]; if (d < 0) d = -d; m = want[$1] < 0 ? -want[$1] : want[$1];
+                          if (!($1 in want) || d > 1e-5 * (m > 1e-3 ? m : 1e-3)) { print "step " $1 ": keel " $3 ", torch " want[$1]; bad++ } }
+                END { exit bad > 0 || n != length(want) }' "tests/parity/schedules/$name.lr.csv" "$TMP/lr.csv" > "$TMP/lr.diff"; then
+      ok
+    else
+      fail "schedule $name"; head -n 5 "$TMP/lr.diff" "$TMP/lr.err"
     fi
   done
 fi

@@ -693,7 +693,80 @@ static void test_composite(void) {
   check_grad(C.name, C.fn, loss, WRT(x, gam, beta), C.n);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Images: convolutions and pooling, NCHW
+
+#define S4(a, b, c, d) ((Shape){4, {a, b, c, d}})
+
+static int image_op(Op op, int a, int b, Shape shape, int s0, int s1, int s2) {
+  Ins ins = {.op = op, .arg = {a, b, -1}, .shape = shape, .attr = {s0, s1, s2}};
+  return ir_emit(C.fn, ins);
+}
+
+static void test_images(void) {
+  // conv2d: {stride, pad, dilation}, input [2, 3, 6, 5], weight [4, 3, k, k]
+  static const struct { int k, stride, pad, dil; } convs[] = {
+      {3, 1, 1, 1}, {3, 2, 0, 1}, {2, 1, 0, 2}, {1, 1, 0, 1}, {3, 2, 2, 1}, {3, 1, 2, 2},
+  };
+  for (int i = 0; i < LEN(convs); i++) {
+    int k = convs[i].k, st = convs[i].stride, pd = convs[i].pad, dl = convs[i].dil;
+    begin(str_fmt("conv2d k=%d stride=%d pad=%d dilation=%d on [2,3,6,5]", k, st, pd, dl), 2);
+    int x = tensor(S4(2, 3, 6, 5), G_ANY), w = tensor(S4(4, 3, k, k), G_ANY);
+    int loss = loss_of(ir_conv2d(C.fn, x, w, st, pd, dl));
+    check_grad(C.name, C.fn, loss, WRT(x, w), C.n);
+  }
+  begin("conv2d with the batch dimension n = 3, x [n,2,5,5], w [3,2,3,3], pad 1", 3);
+  int x = input(IN_X, S4(N_, 2, 5, 5), G_ANY, 0), w = tensor(S4(3, 2, 3, 3), G_ANY);
+  int loss = loss_of(ir_conv2d(C.fn, x, w, 1, 1, 1));
+  check_grad(C.name, C.fn, loss, WRT(x, w), C.n);
+  // the gradient ops themselves (their adjoints are convolutions too)
+  begin("conv2d_dx(dy [2,4,3,3], w [4,3,3,3]) → [2,3,6,5], stride 2 pad 1", 2);
+  int dy = tensor(S4(2, 4, 3, 3), G_ANY);
+  w = tensor(S4(4, 3, 3, 3), G_ANY);
+  loss = loss_of(image_op(OP_CONV2D_DX, dy, w, S4(2, 3, 6, 5), 2, 1, 1));
+  check_grad(C.name, C.fn, loss, WRT(dy, w), C.n);
+  begin("conv2d_dw(x [2,3,6,5], dy [2,4,6,5]) → [4,3,3,3], pad 1", 2);
+  x = tensor(S4(2, 3, 6, 5), G_ANY), dy = tensor(S4(2, 4, 6, 5), G_ANY);
+  loss = loss_of(image_op(OP_CONV2D_DW, x, dy, S4(4, 3, 3, 3), 1, 1, 1));
+  check_grad(C.name, C.fn, loss, WRT(x, dy), C.n);
+
+  // pooling: {kernel, stride, pad}; distinct values so that no window ties
+  static const struct { int k, stride, pad; } pools[] = {{2, 2, 0}, {3, 2, 1}, {3, 1, 1}, {2, 1, 0}};
+  for (int i = 0; i < LEN(pools); i++)
+    for (int avg = 0; avg < 2; avg++) {
+      int k = pools[i].k, st = pools[i].stride, pd = pools[i].pad;
+      begin(str_fmt("%s k=%d stride=%d pad=%d on [2,2,6,5]", avg ? "avgpool" : "maxpool", k,
+                    st, pd), 2);
+      x = tensor(S4(2, 2, 6, 5), G_DISTINCT);
+      loss = loss_of(ir_pool(C.fn, avg ? OP_AVGPOOL : OP_MAXPOOL, x, k, st, pd));
+      check_grad(C.name, C.fn, loss, WRT(x), C.n);
+    }
+  begin("maxpool_dx(x [2,2,4,4], dy [2,2,2,2]), k 2: linear in dy; x only picks", 2);
+  x = tensor(S4(2, 2, 4, 4), G_DISTINCT), dy = tensor(S4(2, 2, 2, 2), G_ANY);
+  loss = loss_of(image_op(OP_MAXPOOL_DX, x, dy, S4(2, 2, 4, 4), 2, 2, 0));
+  check_grad(C.name, C.fn, loss, WRT(dy), C.n);
+  begin("maxpool_gather(x [2,2,4,4], g [2,2,4,4]), k 2", 2);
+  x = tensor(S4(2, 2, 4, 4), G_DISTINCT);
+  int g = tensor(S4(2, 2, 4, 4), G_ANY);
+  loss = loss_of(image_op(OP_MAXPOOL_GATHER, x, g, S4(2, 2, 2, 2), 2, 2, 0));
+  check_grad(C.name, C.fn, loss, WRT(g), C.n);
+  begin("avgpool_dx(dy [2,2,3,3]) → [2,2,6,5], k 3 stride 2 pad 1", 2);
+  dy = tensor(S4(2, 2, 3, 3), G_ANY);
+  loss = loss_of(image_op(OP_AVGPOOL_DX, dy, -1, S4(2, 2, 6, 5), 3, 2, 1));
+  check_grad(C.name, C.fn, loss, WRT(dy), C.n);
+  // a small CNN: conv → relu → maxpool → mean over the image → dense
+  begin("conv → relu → maxpool → global mean → matmul, x [n,1,6,6], n = 2", 2);
+  x = input(IN_X, S4(N_, 1, 6, 6), G_ANY, 0), w = tensor(S4(3, 1, 3, 3), G_ANY);
+  int h = op2(OP_MAX, ir_conv2d(C.fn, x, w, 1, 1, 1), konst(0));
+  h = ir_pool(C.fn, OP_MAXPOOL, h, 2, 2, 0);
+  h = ir_reduce(C.fn, OP_MEAN, ir_reduce(C.fn, OP_MEAN, h, 3), 2);
+  int v = tensor(S2(2, 3), G_ANY);
+  loss = loss_of(ir_matmul(C.fn, h, v, 0, 1));
+  check_grad(C.name, C.fn, loss, WRT(x, w, v), C.n);
+}
+
 int main(void) {
+  test_images();
   test_unary();
   test_binary();
   test_select();
