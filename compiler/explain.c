@@ -19,6 +19,9 @@
 
 enum { WIDTH = 92 };
 
+// A space the wrapping never breaks at, inside short formulas ("1 − lr × 0.01").
+#define NB "\x01"
+
 // ---------------------------------------------------------------------------------------------
 // Output
 
@@ -54,7 +57,8 @@ static void paragraph(Explain *e, const char *text) {
       fputc(' ', e->out);
       col++;
     }
-    fwrite(p, 1, n, e->out);
+    for (size_t i = 0; i < n; i++)
+      fputc(p[i] == NB[0] ? ' ' : p[i], e->out);
     col += w;
     p += n;
   }
@@ -176,12 +180,12 @@ static const char *layer_text(Prog *p, int i) {
   return *t ? t : l->kind;
 }
 
-// What feeds layer i: "dense1 (256 units)" or "the input (784 values)".
+// What feeds layer i: "after dense1 (256 units)" or "on the input (784 values)".
 static const char *feeder(Prog *p, int i, const char *noun) {
   int64_t k = shape_numel(p->layers[i].in, 1);
   if (i == 0)
-    return str_fmt("the input (%lld values)", (long long)k);
-  return str_fmt("%s (%lld %s)", p->layers[i - 1].name, (long long)k, noun);
+    return str_fmt("on the input (%lld values)", (long long)k);
+  return str_fmt("after %s (%lld %s)", p->layers[i - 1].name, (long long)k, noun);
 }
 
 static bool adam_like(const char *opt) { return is(opt, "adam") || is(opt, "adamw"); }
@@ -198,15 +202,15 @@ static void explain_validation(Explain *e, Prog *p) {
     paragraph(e, str_fmt(
         "%s: before training, %s of the training samples are set aside as a validation set, "
         "picked by a shuffle fixed by the seed (every run holds out the same samples)%s, and "
-        "the network never trains on them. Training and validation loss are both measured at "
-        "the end of every epoch: %s.",
+        "the network never trains on them. The validation loss is measured at the end of every "
+        "epoch, next to the training loss: %s.",
         as ? as : str_fmt("holdout %s", num(p->holdout)), percent(p->holdout),
         p->classify ? " and taking the same share of every class" : "", gap));
   } else if (p->has_val) {
     const char *as = line_text(p->val_src.pos);
     paragraph(e, str_fmt(
         "%s: the network is measured on this separate set at the end of every epoch and never "
-        "trains on it. Training and validation loss are both reported each epoch: %s.",
+        "trains on it. Its loss is reported next to the training loss: %s.",
         as ? as : "val", gap));
   } else {
     paragraph(e, str_fmt(
@@ -223,7 +227,7 @@ static void explain_dropout(Explain *e, Prog *p, int i) {
   double rate = arg_value(l->args, l->nargs, "p", 0);
   int64_t k = shape_numel(l->in, 1);
   if (!(rate > 0 && rate < 1)) {
-    paragraph(e, str_fmt("%s after %s: with p=%s it %s.", layer_text(p, i),
+    paragraph(e, str_fmt("%s %s: with p=%s it %s.", layer_text(p, i),
                          feeder(p, i, "units"), num(rate),
                          rate <= 0 ? "drops nothing and has no effect"
                                    : "drops every value in training"));
@@ -233,12 +237,12 @@ static void explain_dropout(Explain *e, Prog *p, int i) {
   const char *shown = str_fmt("%.3g", scale);
   bool exact = atof(shown) == scale;
   paragraph(e, str_fmt(
-      "%s after %s zeroes a random %s of those %lld values in every training step and "
-      "multiplies the rest by 1/(1 − %s) %s %s, so the next layer cannot lean on any single "
-      "unit; at evaluation it is off, and the scaling keeps the values' expected size the same "
-      "in both modes.",
+      "%s %s zeroes a random %s of those %lld values in every training step and "
+      "multiplies the rest by 1/(1" NB "−" NB "%s)" NB "%s" NB "%s, so the next layer cannot "
+      "lean on any single %s; at evaluation it is off, and the scaling keeps the values' "
+      "expected size the same in both modes.",
       layer_text(p, i), feeder(p, i, "units"), percent(rate), (long long)k, num(rate),
-      exact ? "=" : "≈", shown));
+      exact ? "=" : "≈", shown, i == 0 ? "input" : "unit"));
 }
 
 static void explain_batchnorm(Explain *e, Prog *p, int i) {
@@ -246,7 +250,7 @@ static void explain_batchnorm(Explain *e, Prog *p, int i) {
   double m = arg_value(l->args, l->nargs, "momentum", 0.1);
   int64_t f = l->in.rank >= 2 ? l->in.dim[1] : 1;
   paragraph(e, str_fmt(
-      "%s after %s, batch %lld: in training it shifts and scales each of the %lld features to "
+      "%s %s, batch %lld: in training it shifts and scales each of the %lld features to "
       "mean 0 and variance 1 over the current batch of %lld samples, then applies a trained "
       "scale and shift, which keeps the next layer's inputs in a steady range while the "
       "weights before it change. It also keeps running averages of each feature's mean and "
@@ -268,10 +272,10 @@ static void explain_weight_decay(Explain *e, Prog *p) {
                       "the training set";
   if (is(opt, "adamw")) {
     paragraph(e, str_fmt(
-        "%s: weight decay is decoupled: every step first multiplies each weight by "
-        "1 − lr × %s (%s at lr=%s), pulling it toward 0 apart from the gradient, then takes "
-        "adam's step. %s; because the decay does not pass through adam's per-weight scaling, "
-        "it acts the same on every weight.",
+        "%s: every step first multiplies each weight by 1" NB "−" NB "lr" NB "×" NB "%s "
+        "(%s at lr=%s), pulling it toward 0 apart from the gradient, then takes adam's step "
+        "(decoupled weight decay). %s; because the decay does not pass through adam's "
+        "per-weight scaling, it acts the same on every weight.",
         as, wd, num(1 - p->base_lr * a->value), num(p->base_lr), small));
   } else if (is(opt, "sgd") || is(opt, "adam") || is(opt, "rmsprop") || is(opt, "adagrad")) {
     const char *scaled =
@@ -281,10 +285,10 @@ static void explain_weight_decay(Explain *e, Prog *p) {
                                  "the others%s.",
                                  opt, is(opt, "adam") ? "; adamw decouples the decay" : "");
     paragraph(e, str_fmt(
-        "%s: weight_decay=%s is coupled L2: every step adds %s × w to each weight's gradient, "
-        "so each weight is pulled toward 0 in proportion to its size unless the data keeps it "
-        "large. %s.%s",
-        as, wd, wd, small, scaled));
+        "%s: every step adds %s" NB "×" NB "w to each weight's gradient (coupled L2 weight "
+        "decay), so each weight is pulled toward 0 in proportion to its size unless the data "
+        "keeps it large. %s.%s",
+        as, wd, small, scaled));
   } else {
     paragraph(e, str_fmt("%s: weight_decay=%s, applied as optimizer '%s' defines it; weight "
                          "decay keeps the weights small, which makes the network less able "
@@ -300,7 +304,7 @@ static void explain_clip(Explain *e, Prog *p) {
   const char *n = num(p->clip_norm), *v = num(p->clip_value);
   if (p->clip_value > 0 && p->clip_norm > 0) {
     paragraph(e, str_fmt(
-        "%s: after the backward pass every gradient element is first clamped to [−%s, %s]; "
+        "%s: after the backward pass every gradient element is first clamped to [−%s," NB "%s]; "
         "then, when the clamped gradients of all parameters taken together have a length (L2 "
         "norm) above %s, they are all scaled down by the same factor to length %s. One bad "
         "batch with huge gradients therefore cannot throw the weights far.",
@@ -314,9 +318,9 @@ static void explain_clip(Explain *e, Prog *p) {
         as ? as : "clip", n, n, n));
   } else {
     paragraph(e, str_fmt(
-        "%s: every element of every gradient is clamped to [−%s, %s] before the update, so no "
-        "single weight can take a huge step from one bad batch; unlike clipping by norm, this "
-        "can change the direction of the step.",
+        "%s: every element of every gradient is clamped to [−%s," NB "%s] before the update, "
+        "so no single weight can take a huge step from one bad batch; unlike clipping by norm, "
+        "this can change the direction of the step.",
         as ? as : "clip", v, v));
   }
 }
@@ -326,25 +330,26 @@ static const char *schedule_part(Prog *p, int i, int n) {
   Use *u = &p->segments[i];
   const char *base = num(p->base_lr);
   const char *over = n == 1 ? "over the whole run" : "over the remaining steps";
-  const char *lead = i == 0 ? "" : "Then ";
+  const char *lead = i == 0 ? "" : "Then ";  // the first part follows "schedule ...:"
   const char *name = u->name;
   const char *settle = "so the last steps are small and settle into a minimum instead of "
                        "bouncing around it";
   const Arg *a;
 #define V(nm, d) arg_value(u->args, u->nargs, nm, d)
   if (is(name, "constant"))
-    return str_fmt("%s%s the rate stays at lr=%s.", lead, i ? "" : "The", base);
+    return str_fmt("%sthe rate stays at lr=%s.", lead, base);
   if (is(name, "warmup")) {
     a = find_arg(u->args, u->nargs, "duration");
     double d = a ? a->value : 1;
-    const char *from = a && !a->epochs ? str_fmt("lr/%s = %s", num(d), num(p->base_lr / d))
-                                       : "nearly 0";
+    const char *from = a && !a->epochs
+                           ? str_fmt("lr/%s" NB "=" NB "%s", num(d), num(p->base_lr / d))
+                           : "nearly 0";
     return str_fmt(
-        "%s%s the first %s the rate climbs in a straight line from %s to lr=%s: the weights "
+        "%s %s the rate climbs in a straight line from %s to lr=%s: the weights "
         "start random, so the first gradients are large and point in unreliable directions%s, "
         "and small early steps keep them from throwing the network somewhere it cannot "
         "recover from%s.",
-        lead, i ? "for" : "For", duration(a), from, base,
+        i == 0 ? "for the first" : "Then for", duration(a), from, base,
         adam_like(p->opt.name) ? " (and adam's running averages have not settled yet)" : "",
         i + 1 == n ? str_fmt("; after that the rate stays at lr=%s", base) : "");
   }
@@ -352,27 +357,29 @@ static const char *schedule_part(Prog *p, int i, int n) {
     a = find_arg(u->args, u->nargs, "duration");
     double s = V("start", 1.0 / 3), t = V("end", 1);
     return str_fmt(
-        "%s%s %s the rate moves in a straight line from %s × lr = %s to %s × lr = %s%s%s.",
-        lead, i ? "over" : "Over", duration(a), num(s), num(s * p->base_lr), num(t),
+        "%sover %s the rate moves in a straight line from %s" NB "×" NB "lr" NB "=" NB "%s to "
+        "%s" NB "×" NB "lr" NB "=" NB "%s%s%s.",
+        lead, duration(a), num(s), num(s * p->base_lr), num(t),
         num(t * p->base_lr), s < t ? ", a gentle start while the weights are still random"
                            : s > t ? ", a gradual decay" : "",
         i + 1 == n ? ", and then stays there" : "");
   }
   if (is(name, "linear_decay")) {
     double t = V("end", 0);
-    return str_fmt("%s%s rate falls in a straight line from lr=%s to %s %s, %s.", lead,
-                   i ? "the" : "The", base,
-                   t == 0 ? "0" : str_fmt("%s × lr = %s", num(t), num(t * p->base_lr)), over,
-                   settle);
+    return str_fmt("%sthe rate falls in a straight line from lr=%s to %s %s, %s.", lead, base,
+                   t == 0 ? "0"
+                          : str_fmt("%s" NB "×" NB "lr" NB "=" NB "%s", num(t),
+                                    num(t * p->base_lr)),
+                   over, settle);
   }
   if (is(name, "step_decay") || is(name, "exponential")) {
     a = find_arg(u->args, u->nargs, "every");
     double g = V("gamma", 0.1);
     const char *every = a && a->value == 1 ? (a->epochs ? "epoch" : "step") : duration(a);
-    return str_fmt("%s%s rate is multiplied by %s every %s (lr=%s, then %s, then %s, ...): "
+    return str_fmt("%sthe rate is multiplied by %s every %s (lr=%s, then %s, then %s, ...): "
                    "large steps early make fast progress, and the smaller later steps let the "
                    "weights settle into a minimum instead of bouncing around it.",
-                   lead, i ? "the" : "The", num(g), every, base, num(p->base_lr * g),
+                   lead, num(g), every, base, num(p->base_lr * g),
                    num(p->base_lr * g * g));
   }
   if (is(name, "multistep")) {
@@ -392,53 +399,54 @@ static const char *schedule_part(Prog *p, int i, int n) {
                j == 0 ? "" : j + 1 < count ? ", " : " and ", duration(a));
       j++;
     }
-    return str_fmt("%s%s rate is multiplied by %s after %s: large steps early make fast "
+    return str_fmt("%sthe rate is multiplied by %s after %s: large steps early make fast "
                    "progress, and the smaller later steps let the weights settle into a "
                    "minimum instead of bouncing around it.",
-                   lead, i ? "the" : "The", num(V("gamma", 0.1)), list);
+                   lead, num(V("gamma", 0.1)), list);
   }
   if (is(name, "cosine")) {
     double m = V("min_lr", 0);
-    return str_fmt("%s%s rate falls from lr=%s to %s along half a cosine %s: slowly at first, "
+    return str_fmt("%sthe rate falls from lr=%s to %s along half a cosine %s: slowly at first, "
                    "fastest in the middle and gently at the end, %s.",
-                   lead, i ? "the" : "The", base, m == 0 ? "0" : str_fmt("min_lr=%s", num(m)),
+                   lead, base, m == 0 ? "0" : str_fmt("min_lr=%s", num(m)),
                    over, settle);
   }
   if (is(name, "cosine_restarts")) {
     a = find_arg(u->args, u->nargs, "period");
     double mult = V("mult", 1), m = V("min_lr", 0);
-    return str_fmt("%s%s rate runs in cosine cycles of %s%s, each falling from lr=%s to %s "
+    return str_fmt("%sthe rate runs in cosine cycles of %s%s, each falling from lr=%s to %s "
                    "and jumping back to lr at the restart: every cycle ends with small steps "
                    "that settle, and the restarts can shake the weights out of a poor minimum.",
-                   lead, i ? "the" : "The", duration(a),
+                   lead, duration(a),
                    mult == 1 ? "" : str_fmt(", each %s times longer than the one before",
                                             num(mult)),
                    base, m == 0 ? "0" : str_fmt("min_lr=%s", num(m)));
   }
   if (is(name, "polynomial")) {
-    return str_fmt("%s%s rate falls from lr=%s to 0 as lr × (1 − step/steps)^%s %s, %s.", lead,
-                   i ? "the" : "The", base, num(V("power", 1)), over, settle);
+    return str_fmt("%sthe rate falls from lr=%s to 0 as "
+                   "lr" NB "×" NB "(1" NB "−" NB "step/steps)^%s %s, %s.",
+                   lead, base, num(V("power", 1)), over, settle);
   }
   if (is(name, "one_cycle")) {
     double peak = V("peak", 0), pct = V("pct", 0.3), div = V("div", 25);
     double fdiv = V("final_div", 1e4);
     if (peak == 0)
       peak = p->base_lr;
-    return str_fmt("%s%s rate rises from %s to a peak of %s over the first %s of the steps, "
+    return str_fmt("%sthe rate rises from %s to a peak of %s over the first %s of %s steps, "
                    "then falls along a cosine to %s: the low start works as a warmup for the "
                    "random weights, and the long fall lets the weights settle.",
-                   lead, i ? "the" : "The", num(peak / div), num(peak), percent(pct),
+                   lead, num(peak / div), num(peak), percent(pct), n == 1 ? "the" : "its",
                    num(peak / (div * fdiv)));
   }
   if (is(name, "inverse_sqrt")) {
     a = find_arg(u->args, u->nargs, "warmup");
-    return str_fmt("%s%s rate rises in a straight line to lr=%s over the first %s, then falls "
-                   "as lr × √(warmup/(step+1)), halving each time the step count quadruples: "
-                   "a warmup for the random weights, then a slow decay.",
-                   lead, i ? "the" : "The", base, duration(a));
+    return str_fmt("%sthe rate rises in a straight line to lr=%s over the first %s, then falls "
+                   "as lr" NB "×" NB "√(warmup/(step+1)), halving each time the step count "
+                   "quadruples: a warmup for the random weights, then a slow decay.",
+                   lead, base, duration(a));
   }
 #undef V
-  return str_fmt("%s%s sets the rate by its own formula.", i ? "then " : "", name);
+  return str_fmt("%s%s sets the rate by its own formula.", i ? "Then " : "", name);
 }
 
 static void explain_schedule(Explain *e, Prog *p) {
@@ -475,10 +483,11 @@ static void explain_early_stop(Explain *e, Prog *p) {
       "%s: at the end of every epoch %s is compared with the best so far, and when it has not "
       "%s for %d epoch%s in a row, training stops, since the network has most likely begun to "
       "overfit. Whatever ends training (this, the last epoch, --steps or the guard), the "
-      "weights of the best epoch are put back before the test evaluation and written to "
-      "best.safetensors, so the result is the network from before it started to overfit.",
+      "weights of the best epoch are put back %s and written to best.safetensors, so the "
+      "result is the network from before it started to overfit.",
       as ? as : "early_stop", watched, better, p->early_patience,
-      p->early_patience == 1 ? "" : "s"));
+      p->early_patience == 1 ? "" : "s",
+      p->has_test ? "before the test evaluation" : "when training ends"));
 }
 
 static void explain_plateau(Explain *e, Prog *p) {
@@ -488,10 +497,11 @@ static void explain_plateau(Explain *e, Prog *p) {
   const char *as = line_text(p->plateau_pos);
   int k = p->plateau_patience + 1;
   paragraph(e, str_fmt(
-      "%s: when %s has gone %d epochs in a row without improving (falling by more than "
-      "0.01%%; one more than patience=%d, as in PyTorch's ReduceLROnPlateau), the learning "
-      "rate is multiplied by %s on top of the schedule, and again after each further %d such "
-      "epochs; training that has stalled then continues with smaller, finer steps.",
+      "%s: when %s has not improved (fallen by more than 0.01%%) for %d epochs in a row, "
+      "more than the patience of %d as in PyTorch's ReduceLROnPlateau, the learning rate is "
+      "multiplied by %s on top of the schedule, and again after every further %d such epochs; "
+      "training that has stalled, often because its steps are too large to settle, then "
+      "continues with smaller ones.",
       as ? as : "on_plateau", val ? "val_loss" : "the training loss", k, p->plateau_patience,
       num(p->plateau_factor), k));
 }
@@ -506,14 +516,20 @@ static void explain_guard(Explain *e, Prog *p) {
           ? str_fmt(", or whose loss is more than %s times the median of the last 50 good "
                     "steps (checked once 20 steps went well),",
                     num(p->guard_spike))
-          : "";
+          : " (spike=0 turns off the check for loss spikes)";
+  bool bn = false;
+  for (int i = 0; i < p->nlayers; i++)
+    bn |= is(p->layers[i].kind, "batchnorm");
   paragraph(e, str_fmt(
       "%s: before a step writes anything, its loss and gradients are checked; a step whose "
       "loss or gradients are NaN or infinite%s is discarded and the learning rate is halved, "
-      "so the weights, the optimizer's state and the batchnorm statistics never take in a NaN. "
-      "After %d discarded step%s in a row training stops with exit status 3; each event is "
-      "reported with the first layer output or gradient that was not finite.",
-      head, spike, p->guard_limit, p->guard_limit == 1 ? "" : "s"));
+      "so the weights%s never take in a NaN. %s training stops with exit status 3; when a "
+      "value was not finite, the report names the first layer output or gradient that held "
+      "it.",
+      head, spike, bn ? ", the optimizer's state and the batchnorm statistics"
+                      : " and the optimizer's state",
+      p->guard_limit == 1 ? "At the first discarded step"
+                          : str_fmt("After %d discarded steps in a row", p->guard_limit)));
 }
 
 static void explain_seed(Explain *e, Prog *p) {
@@ -531,11 +547,12 @@ static void explain_seed(Explain *e, Prog *p) {
   for (int i = 1; i < n; i++)
     what = str_fmt("%s%s%s", what, i + 1 < n ? ", " : " and ", items[i]);
   paragraph(e, str_fmt(
-      "%s: %s all come from a counter-based random generator keyed by the seed, so the same "
+      "%s: %s %s from a counter-based random generator keyed by the seed, so the same "
       "script, seed and --threads give bit-identical weights, run after run, through the JIT. "
       "To tell a real improvement from luck, compare runs with a few seeds (--seed overrides "
       "this one).",
-      as ? as : str_fmt("no seed line (seed %llu)", (unsigned long long)p->seed), what));
+      as ? as : str_fmt("no seed line (seed %llu)", (unsigned long long)p->seed), what,
+      n == 2 ? "both come" : "all come"));
 }
 
 void explain_program(FILE *out, Prog *p) {

@@ -198,7 +198,9 @@ static void infer_shape(Fn *fn, Ins *ins) {
   switch (ins->op) {
   case OP_MATMUL: {
     if (a.rank != 2 || b.rank != 2)
-      error_at(ins->pos, "@ needs two matrices, got shapes %s and %s", shape_str(a), shape_str(b));
+      error_at(ins->pos, "@ needs two matrices, got shapes %s%s and %s%s%s", shape_str(a),
+               ins->ta ? "ᵀ" : "", shape_str(b), ins->tb ? "ᵀ" : "",
+               a.rank > 2 ? " (a 'flatten' layer turns images into rows of values)" : "");
     int64_t m = ins->ta ? a.dim[1] : a.dim[0], ka = ins->ta ? a.dim[0] : a.dim[1];
     int64_t kb = ins->tb ? b.dim[1] : b.dim[0], nn = ins->tb ? b.dim[0] : b.dim[1];
     if (ka != kb)

@@ -106,6 +106,7 @@ struct Node {
   Node *lhs, *rhs, *cond;
   Node *args;     // call arguments, line items, definition parameters, param/buffer dims
   Node *body;     // statements or lines
+  int depth;      // expressions: 1 for a leaf, 1 + the deepest child's (parser.y caps it)
 };
 
 Node *ast_new(NodeKind kind, Pos pos);
@@ -341,6 +342,7 @@ typedef struct Prog {
   uint64_t seed;
   double base_lr;
   bool drop_last;
+  int64_t min_batch;                      // smallest useful batch (batchnorm: 2)
   double clip_norm, clip_value;           // 0 = off
   int early_patience;                     // 0 = off
   double early_min_delta;

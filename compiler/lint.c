@@ -57,15 +57,16 @@ static const char *source_text(Pos pos, bool stop_then) {
   for (int c = 1; c < pos.col && *p && *p != '\n'; c++)
     p++;
   char *out = arena_alloc(strlen(p) + 1), *o = out;
+  const char *begin = p;
   bool in_str = false;
   for (; *p && *p != '\n' && *p != '\r'; p++) {
     if (*p == '"')
       in_str = !in_str;
     if (!in_str && *p == '#')
       break;
-    if (!in_str && stop_then && !strncmp(p, "then", 4) && (p == pos.src || p[-1] == ' ' ||
-                                                          p[-1] == '\t') &&
-        (p[4] == ' ' || p[4] == '\t' || !p[4] || p[4] == '\n'))
+    if (!in_str && stop_then && !strncmp(p, "then", 4) &&
+        (p == begin || p[-1] == ' ' || p[-1] == '\t') &&
+        (p[4] == ' ' || p[4] == '\t' || p[4] == '\n' || p[4] == '\r' || !p[4]))
       break;
     if (*p == ' ' || *p == '\t') {
       if (o > out && o[-1] != ' ')
@@ -123,7 +124,8 @@ int lint_program(Prog *p) {
   // 1. dropout right before batchnorm
   for (int i = 0; i + 1 < p->nlayers; i++) {
     LayerInfo *d = &p->layers[i], *b = &p->layers[i + 1];
-    if (is(d->kind, "dropout") && is(b->kind, "batchnorm")) {
+    if (is(d->kind, "dropout") && is(b->kind, "batchnorm") &&
+        arg_value(d->args, d->nargs, "p", 0) > 0) {
       warn_at(b->pos,
               "dropout %s right before batchnorm (variance shift): batchnorm's running "
               "statistics come from dropout's training output, whose variance differs at "
@@ -259,15 +261,16 @@ int lint_schedule(Prog *p, int64_t total_steps, int64_t steps_per_epoch) {
     start = end;
   }
 
-  // 9. a warmup (or any duration) longer than the training it has: it never finishes; only
-  // the last part that runs, since a part followed by another ends where that one starts
-  start = 0;
-  for (int i = 0; i < fits; i++) {
-    Use *u = &p->segments[i];
-    const Arg *d = find_arg(u, "duration");
-    if (is(u->name, "inverse_sqrt"))
-      d = find_arg(u, "warmup");
-    if (d && i == fits - 1 && fits == n && start + in_steps(d, steps_per_epoch) > total) {
+  // 9. a warmup (or any duration) longer than the training it has: it never finishes. Only
+  // the last part can be cut short this way (an earlier one ends where the next starts), and
+  // only when every part runs (else 8 has said it).
+  if (fits == n) {
+    Use *u = &p->segments[n - 1];
+    start = 0;
+    for (int i = 0; i + 1 < n; i++)
+      start += in_steps(find_arg(&p->segments[i], "duration"), steps_per_epoch);
+    const Arg *d = find_arg(u, is(u->name, "inverse_sqrt") ? "warmup" : "duration");
+    if (d && start + in_steps(d, steps_per_epoch) > total) {
       const char *effect = is(u->name, "warmup")
                                ? str_fmt("the rate never reaches lr=%s", rate)
                            : is(u->name, "inverse_sqrt")
@@ -282,9 +285,6 @@ int lint_schedule(Prog *p, int64_t total_steps, int64_t steps_per_epoch) {
               source_text(u->pos, true), steps_note(d, steps_per_epoch), span, effect);
       count++;
     }
-    const Arg *dur = find_arg(u, "duration");
-    if (dur)
-      start += in_steps(dur, steps_per_epoch);
   }
 
   // 10. a decay whose first change comes at or after the last step: the rate never changes

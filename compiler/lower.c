@@ -14,6 +14,7 @@
 #include "keel.h"
 #include "keelrt.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,12 +31,13 @@ struct Env {
   int val;       // B_VAL: an IR value of the current function
   double c;      // B_CONST
   int tensor;    // B_TENSOR: index into Prog.tensors
+  Pos pos;       // arguments: where the value was given (file NULL for a default)
   Env *next;
 };
 
 static Env *bind(Env *env, const char *name, BindKind kind, int val, double c, int tensor) {
   Env *e = arena_alloc(sizeof *e);
-  *e = (Env){name, kind, val, c, tensor, env};
+  *e = (Env){.name = name, .kind = kind, .val = val, .c = c, .tensor = tensor, .next = env};
   return e;
 }
 
@@ -120,6 +122,15 @@ static int add_tensor(Prog *p, Tensor t) {
 static void defer_store(Lower *L, int tensor, int v, Pos pos) {
   if (L->tval[tensor] == v)  // `s = setting ? new : s` with the setting off: nothing to write
     return;
+  Tensor *T = &L->p->tensors[tensor];
+  Shape vs = L->fn->ins[v].shape, b;
+  if (!shape_broadcast(vs, T->shape, &b) || !shape_eq(b, T->shape)) {
+    const char *base = strrchr(T->name, '.');
+    error_at(pos, "cannot store a value of shape %s into the %s '%s' of shape %s",
+             shape_str(vs), T->kind == TK_BUFFER ? "buffer" : T->kind == TK_STATE ? "state"
+                                                                                 : "parameter",
+             base ? base + 1 : T->name, shape_str(T->shape));
+  }
   if (L->nstores == (int)(sizeof L->stores_t / sizeof L->stores_t[0]))
     error_at(pos, "too many updated tensors (the limit is 4096)");
   for (int i = 0; i < L->nstores; i++)
@@ -169,11 +180,11 @@ static int edit_distance(const char *a, const char *b) {
 
 static const char *suggest(Lower *L, NodeKind kind, const char *name) {
   const char *best = NULL;
-  int bd = 3;
+  int bd = 3, len = (int)strlen(name);
   for (int i = 0; i < L->ndefs; i++)
     if (L->defs[i]->kind == kind) {
       int d = edit_distance(name, L->defs[i]->name);
-      if (d < bd)
+      if (d < bd && d < len)  // 'x' is not a typo of 'd2'
         bd = d, best = L->defs[i]->name;
     }
   return best ? str_fmt(" (did you mean '%s'?)", best) : "";
@@ -280,7 +291,10 @@ static Env *bind_args(Env *env, Node *def, int skip, Node **items, int nitems, P
       params[np++] = p;
   bool have[64] = {0};
   double val[64];
-  int next = skip;
+  Pos given[64] = {0};
+  int next = skip, npositional = 0;
+  for (int i = 0; i < nitems; i++)
+    npositional += items[i]->kind != ND_NAMED;
   for (int i = 0; i < nitems; i++) {
     Node *it = items[i];
     int k;
@@ -302,12 +316,15 @@ static Env *bind_args(Env *env, Node *def, int skip, Node **items, int nitems, P
         next++;
       if (next >= np) {
         int want = np - skip;
-        error_at(it->pos, "%s takes %s%d argument%s, got more", what, want ? "" : "no ",
-                 want, want == 1 ? "" : "s");
+        if (want == 0)
+          error_at(it->pos, "%s takes no arguments, got %d", what, npositional);
+        error_at(it->pos, "%s takes %d argument%s, got %d", what, want, want == 1 ? "" : "s",
+                 npositional);
       }
       k = next;
     }
     Node *v = it->kind == ND_NAMED ? it->lhs : it;
+    given[k] = v->pos;
     if (v->kind == ND_STR)
       error_at(v->pos, "%s: '%s' must be a number, got a string", what, params[k]->name);
     val[k] = const_eval(env, v);
@@ -321,6 +338,7 @@ static Env *bind_args(Env *env, Node *def, int skip, Node **items, int nitems, P
       val[k] = const_eval(NULL, params[k]->lhs);
     }
     out = bind(out, params[k]->name, B_CONST, -1, val[k], -1);
+    out->pos = given[k];
   }
   // constants from outside (none today) stay visible below the arguments
   if (!out)
@@ -355,7 +373,10 @@ static Arg *args_of(Node *def, int skip, Env *env, int *nargs) {
 static int lower_expr(Lower *L, Env *env, Node *e);
 
 static int axis_arg(Lower *L, Env *env, Node *call, Node *named, int rank) {
-  int64_t a = (int64_t)const_eval(env, named->lhs);
+  double v = const_eval(env, named->lhs);
+  if (v != floor(v))
+    error_at(named->lhs->pos, "axis must be a whole number, got %g", v);
+  int64_t a = (int64_t)v;
   if (a < 0)
     a += rank;
   if (a < 0 || a >= rank || const_eval(env, named->lhs) != floor(const_eval(env, named->lhs)))
@@ -481,6 +502,8 @@ static int lower_call(Lower *L, Env *env, Node *e) {
     if (s.rank < 2)
       error_at(e->pos, "'%s' needs a batch of samples [n, features, ...], got %s", f, shape_str(s));
     if (f[8] == 'c') {  // the number of values averaged per feature: numel / features
+      if (L->train)  // an unbiased variance from a batch of 1 divides by 0: batches of 2+
+        L->p->min_batch = 2;
       int c = ir_const(fn, 1);
       for (int i = 0; i < s.rank; i++)
         if (i != 1)
@@ -639,12 +662,26 @@ static void lower_stmts(Lower *L, Env **env, Node *body, Instance *inst) {
       if (!inst)
         error_at(s->pos, "'%s' belongs in a layer", s->kind == ND_PARAM ? "param" : "buffer");
       Shape shape = {0};
+      double count = 1;
       for (Node *d = s->args; d; d = d->next) {
         if (shape.rank == MAX_RANK)
           error_at(d->pos, "tensors have at most %d dimensions", MAX_RANK);
-        shape.dim[shape.rank++] =
-            const_int(*env, d, str_fmt("a size of '%s'", s->name), 1);
+        // a size that comes straight from an argument: blame the argument the user wrote
+        Env *arg = d->kind == ND_IDENT ? find(*env, d->name) : NULL;
+        double v = const_eval(*env, d);
+        if (arg && arg->kind == B_CONST && arg->pos.file && !(v >= 1 && v == floor(v) && v < 1e12)) {
+          error_context_clear();
+          if (v >= 1e12 && v == floor(v))
+            error_at(arg->pos, "layer '%s': '%s' is too large (%g)", inst->def->name, d->name, v);
+          error_at(arg->pos, "layer '%s': '%s' must be a whole number above 0, got %g",
+                   inst->def->name, d->name, v);
+        }
+        shape.dim[shape.rank++] = const_int(*env, d, str_fmt("a size of '%s'", s->name), 1);
+        count *= (double)shape.dim[shape.rank - 1];
       }
+      if (count > (double)(1LL << 34))
+        error_at(s->pos, "'%s' would hold %.3g values, more than this machine can train",
+                 s->name, count);
       const char *name = str_fmt("%s.%s", inst->name, s->name);
       int t = declare_tensor(L, *env, s, name, s->kind == ND_PARAM ? TK_PARAM : TK_BUFFER,
                              shape, -1);
@@ -708,6 +745,7 @@ static int lower_forward(Lower *L, int x, bool record) {
       li->out = L->fn->ins[x].shape;
       li->train_val = x;
       li->args = args_of(inst->def, 0, inst->args, &li->nargs);
+
       for (int t = before; t < L->p->ntensors; t++)
         if (L->p->tensors[t].kind == TK_PARAM)
           li->nparams += shape_numel(L->p->tensors[t].shape, 1);
@@ -804,15 +842,20 @@ static Shape input_shape(Node *net) {
       if (s.rank == MAX_RANK)
         error_at(v->pos, "an input has at most %d dimensions", MAX_RANK - 1);
       char *end;
+      errno = 0;
       long long d = strtoll(p, &end, 10);
       if (d <= 0)
         error_at(v->pos, "every size in the input shape must be above 0");
+      if (errno || d > (1LL << 30) || (double)shape_numel(s, 1) * (double)d > (double)(1LL << 30))
+        error_at(v->pos, "the input shape %s is too large", v->name);
       s.dim[s.rank++] = d;
       p = *end == 'x' ? end + 1 : end;
     }
     return s;
   }
   s.dim[s.rank++] = const_int(NULL, v, "the input size", 1);
+  if (s.dim[1] > (1LL << 30))
+    error_at(v->pos, "the input size %lld is too large", (long long)s.dim[1]);
   return s;
 }
 
@@ -910,8 +953,10 @@ static void lower_data(Prog *p, Node *data) {
 static Node *setting_def(Lower *L, Node *line, NodeKind kind, Node **items, int *nitems) {
   Node *name = line->args;
   if (!name || name->kind != ND_IDENT)
-    error_at(name ? name->pos : line->pos, "'%s' needs the name of a %s", line->name,
-             kind_word(kind));
+    error_at(name ? name->pos : line->pos, "'%s' needs the name of %s %s, e.g. '%s'",
+             line->name, kind == ND_OPTDEF ? "an" : "a", kind_word(kind),
+             kind == ND_OPTDEF ? "optimizer sgd lr=0.1" : kind == ND_LOSSDEF ? "loss cross_entropy"
+                                                                           : "schedule cosine");
   Node *def = find_def(L, kind, name->name);
   if (!def)
     error_at(name->pos, "unknown %s '%s'%s", kind_word(kind), name->name,
@@ -1243,10 +1288,23 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
   }
   Node *net = find_def(L, ND_NETWORK, train->name);
   if (!net)
-    error_at(train->pos, "unknown network '%s'", train->name);
+    error_at(train->pos, "unknown network '%s'%s", train->name,
+             suggest(L, ND_NETWORK, train->name));
   Node *data = find_def(L, ND_DATA, train->name2);
-  if (!data)
-    error_at(train->pos, "unknown data '%s'", train->name2);
+  if (!data) {
+    // the data's name follows `on` on the same line
+    Pos at = train->pos;
+    const char *line = at.src, *q;
+    for (int l = 1; l < at.line && *line; line++)
+      if (*line == '\n')
+        l++;
+    if ((q = strstr(line + at.col - 1, " on ")))
+      for (q += 4; *q == ' ' || *q == '\t'; q++)
+        ;
+    if (q && !strncmp(q, train->name2, strlen(train->name2)))
+      at.col = (int)(q - line) + 1;
+    error_at(at, "unknown data '%s'%s", train->name2, suggest(L, ND_DATA, train->name2));
+  }
   p->model_name = net->name;
 
   // settings

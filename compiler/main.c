@@ -2,6 +2,7 @@
 //
 //   keel run FILE [flags]      compile the script and train it through the JIT
 //   keel check FILE            the layer table: output shapes and parameter counts
+//   keel explain FILE          the script's safety mechanisms in plain language
 //   keel schedule FILE         the learning rate of every step, as CSV
 //   keel emit ast|ir|llvm FILE print a stage's output
 //
@@ -17,6 +18,7 @@
 static const char usage[] =
     "usage: keel run FILE [options]     train the network of a .nn script (JIT)\n"
     "       keel check FILE             show its layers, output shapes and parameter counts\n"
+    "       keel explain FILE           what each safety mechanism of the script does\n"
     "       keel schedule FILE [options] print the learning rate at every step (CSV)\n"
     "       keel emit ast|ir|llvm FILE  print the syntax tree, the tensor IR (forward and\n"
     "                                   backward) or the optimized LLVM IR\n"
@@ -32,13 +34,14 @@ static const char usage[] =
     "  --out DIR       where to write report.json, metrics.csv and final.safetensors\n"
     "                  (default runs/<script name>/)\n"
     "  --init FILE     start from the weights in a safetensors file\n"
-    "  --no-shuffle    keep the training data in file order\n";
+    "  --no-shuffle    keep the training data in file order\n"
+    "  --Werror        treat the safety lints' warnings as errors (also for keel check)\n";
 
 typedef struct {
   const char *cmd, *what, *file, *out, *init;
   Overrides ov;
   int threads;
-  bool no_shuffle;
+  bool no_shuffle, werror;
 } Args;
 
 static int64_t int_flag(const char *flag, const char *v, int64_t min) {
@@ -67,7 +70,7 @@ static Args parse_args(int argc, char **argv) {
     exit(0);
   }
   if (strcmp(a.cmd, "run") && strcmp(a.cmd, "check") && strcmp(a.cmd, "emit") &&
-      strcmp(a.cmd, "schedule"))
+      strcmp(a.cmd, "schedule") && strcmp(a.cmd, "explain"))
     fatal("unknown command '%s' (try keel --help)", a.cmd);
   int i = 2;
   if (!strcmp(a.cmd, "emit")) {
@@ -83,11 +86,15 @@ static Args parse_args(int argc, char **argv) {
       a.file = f;
       continue;
     }
-    if (strcmp(a.cmd, "run") && strcmp(a.cmd, "schedule") && strcmp(f, "--help"))
+    if (strcmp(a.cmd, "run") && strcmp(a.cmd, "schedule") && strcmp(f, "--help") &&
+        !(!strcmp(a.cmd, "check") && !strcmp(f, "--Werror")))
       fatal("unknown option '%s' for keel %s", f, a.cmd);
     if (!strcmp(f, "--help")) {
       fputs(usage, stdout);
       exit(0);
+    } else if (!strcmp(f, "--Werror")) {
+      a.werror = true;
+      continue;
     } else if (!strcmp(f, "--no-shuffle")) {
       a.no_shuffle = true;
       continue;
@@ -187,7 +194,7 @@ static Session start(Prog *p, Args *a) {
       .shuffle = !a->no_shuffle, .threads = a->threads,
       .compile_seconds = compile_seconds,
       .tensors = desc, .ntensors = p->ntensors, .parameters = p->nparams,
-      .drop_last = p->drop_last,
+      .drop_last = p->drop_last, .min_batch = p->min_batch,
       .early_patience = p->early_patience, .early_min_delta = p->early_min_delta,
       .early_monitor = p->early_monitor_accuracy ? KRT_MONITOR_VAL_ACCURACY : KRT_MONITOR_VAL_LOSS,
       .plateau_patience = p->plateau_patience, .plateau_factor = p->plateau_factor,
@@ -245,6 +252,10 @@ static void stop(Session *s) {
 
 static int run(Prog *p, Args *a) {
   Session s = start(p, a);
+  int warnings = lint_schedule(p, krt_total_steps(s.run), krt_batches_per_epoch(s.run));
+  if (warnings && a->werror)
+    fatal("%d warning%s treated as error%s (--Werror)", warnings, warnings == 1 ? "" : "s",
+          warnings == 1 ? "" : "s");
   jit_main(s.jit)(s.run, s.slots, p->seed);
   int status = krt_finish(s.run);
   stop(&s);
@@ -255,7 +266,7 @@ static int run(Prog *p, Args *a) {
 static int schedule(Prog *p, Args *a) {
   Session s = start(p, a);
   KeelSchedule *lr = jit_schedule(s.jit);
-  int64_t total = krt_total_steps(s.run), per_epoch = krt_epoch_begin(s.run, 0);
+  int64_t total = krt_total_steps(s.run), per_epoch = krt_batches_per_epoch(s.run);
   double in[IN_COUNT] = {0};
   in[IN_STEPS] = (double)total, in[IN_BASE] = p->base_lr, in[IN_SPE] = (double)per_epoch;
   printf("step,epoch,lr\n");
@@ -282,6 +293,16 @@ int main(int argc, char **argv) {
     return 0;
   }
   Prog *p = lower_program(a.file, user, parse_stdlib(), a.ov);
+  if (!strcmp(a.cmd, "explain")) {
+    explain_program(stdout, p);
+    return 0;
+  }
+  if (!strcmp(a.cmd, "check") || !strcmp(a.cmd, "run")) {
+    int warnings = lint_program(p);
+    if (warnings && a.werror)
+      fatal("%d warning%s treated as error%s (--Werror)", warnings, warnings == 1 ? "" : "s",
+            warnings == 1 ? "" : "s");
+  }
   if (!strcmp(a.cmd, "check")) {
     check_table(p);
     return 0;

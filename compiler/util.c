@@ -141,6 +141,14 @@ void error_at(Pos pos, const char *fmt, ...) {
     fprintf(stderr, "%s:%d:%d: note: in the definition used here\n", pos.file, pos.line, pos.col);
   } else {
     vreport(pos, "error", fmt, ap);
+    if (ctx.on && (pos.line != ctx.at.line || pos.col != ctx.at.col)) {
+      // an error in the script's own definition: also say where it was used
+      size_t n = strlen(ctx.prefix);
+      while (n && (ctx.prefix[n - 1] == ' ' || ctx.prefix[n - 1] == ':'))
+        n--;
+      fprintf(stderr, "%s:%d:%d: note: %.*s, used here\n", ctx.at.file, ctx.at.line,
+              ctx.at.col, (int)n, ctx.prefix);
+    }
   }
   va_end(ap);
   exit(1);

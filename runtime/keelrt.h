@@ -147,7 +147,8 @@ typedef struct {
   int ntensors;
   int64_t parameters;     // trained parameters, for the report
   // batching
-  bool drop_last;         // drop the last partial batch of each epoch (default: keep it);
+  bool drop_last;         // drop the last partial batch of each epoch (default: keep it)
+  int64_t min_batch;      // a last partial batch smaller than this is dropped (batchnorm: 2);
                           // a training set smaller than one batch is then an error
   // early stopping (early_patience 0 = off), as Keras's EarlyStopping with
   // restore_best_weights: stop when the monitored metric has not improved by more than
@@ -210,7 +211,8 @@ int krt_finish(KrtRun *r);
 //   the same evaluation loop for KRT_TEST
 int64_t krt_epochs(KrtRun *r);
 int64_t krt_total_steps(KrtRun *r);   // batches per epoch × epochs, or steps when it is lower
-int64_t krt_step(KrtRun *r);          // global step from 0
+int64_t krt_step(KrtRun *r);
+int64_t krt_batches_per_epoch(KrtRun *r);  // training batches (steps) in one epoch          // global step from 0
 int64_t krt_epoch_begin(KrtRun *r, int64_t epoch);  // shuffles (unless no shuffle); batches
                                                     // (full ones only with drop_last)
 int64_t krt_train_batch(KrtRun *r, int64_t b, float *x, float *y);  // copies batch b; rows

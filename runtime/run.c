@@ -308,6 +308,15 @@ KrtRun *krt_run_new(const KrtConfig *cfg) {
     krt_fail("drop_last with batch %lld leaves no batch: the training set has %lld sample%s",
              (long long)cfg->batch, (long long)n, n == 1 ? "" : "s");
   r->nb = cfg->drop_last ? n / cfg->batch : (n + cfg->batch - 1) / cfg->batch;
+  // a last batch smaller than min_batch (batchnorm needs 2 samples for a variance) is
+  // dropped, as drop_last would, and said so
+  if (!cfg->drop_last && cfg->min_batch > 1 && n % cfg->batch && n % cfg->batch < cfg->min_batch &&
+      r->nb > 1) {
+    r->nb--;
+    printf("note: the last batch of each epoch would hold %lld sample%s, too few for "
+           "batchnorm's statistics; it is dropped\n", (long long)(n % cfg->batch),
+           n % cfg->batch == 1 ? "" : "s");
+  }
   r->perm = krt_xmalloc((size_t)n * sizeof(int64_t));
 
   // persistent tensors: sizes, then one block per kind, then pointers into the blocks
@@ -422,6 +431,10 @@ int64_t krt_total_steps(KrtRun *r) {
 
 int64_t krt_step(KrtRun *r) {
   return r->step;
+}
+
+int64_t krt_batches_per_epoch(KrtRun *r) {
+  return r->nb;
 }
 
 static bool step_limit(const KrtRun *r) {

@@ -79,6 +79,78 @@ if [ "$only" = all ] || [ "$only" = errors ]; then
   echo "tests/errors: $n scripts"
 fi
 
+if [ "$only" = all ] || [ "$only" = lints ]; then
+  # tests/lints/NAME.nn: the safety lints, one script each. The command must exit 0 and print
+  # exactly tests/lints/NAME.out on stderr. Most scripts run `keel check NAME.nn` (the
+  # compile-time lints). A script named run_*.nn runs `keel run NAME.nn --out DIR` instead: the
+  # schedule lints need the number of steps, known once the data is loaded, and the script's
+  # own tiny data and length are what they measure (--steps would change that length), so
+  # such a script trains for real, in well under a second. run_clean.nn has every rail in
+  # place and no lint: its .out is empty.
+  n=0
+  for nn in tests/lints/*.nn; do
+    [ -e "$nn" ] || continue
+    n=$((n + 1))
+    name=$(basename "$nn")
+    want=${nn%.nn}.out
+    case $name in
+      run_*) (cd tests/lints && "../../$KEEL" run "$name" --out "$TMP/lint-${name%.nn}") ;;
+      *) (cd tests/lints && "../../$KEEL" check "$name") ;;
+    esac > "$TMP/out" 2> "$TMP/err"
+    status=$?
+    if [ $status != 0 ]; then
+      fail "$nn: exit status $status, want 0"
+      head -n 10 "$TMP/err"
+    elif ! cmp -s "$TMP/err" "$want"; then
+      fail "$nn: stderr differs from $want"
+      diff "$want" "$TMP/err" | head -n 10
+    else
+      ok
+    fi
+    # the compile-time lints under AddressSanitizer and UBSan: the same warnings, no report
+    if [ -x build/asan/keel ] && [ "${name#run_}" = "$name" ]; then
+      (cd tests/lints && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 \
+        ../../build/asan/keel check "$name") > "$TMP/out" 2> "$TMP/err"
+      status=$?
+      if [ $status = 0 ] && cmp -s "$TMP/err" "$want"; then ok; else
+        fail "$nn under AddressSanitizer: exit status $status"; head -n 20 "$TMP/err"
+      fi
+    fi
+  done
+  echo "tests/lints: $n scripts"
+fi
+
+if [ "$only" = all ] || [ "$only" = explain ]; then
+  # tests/explain/NAME.nn: `keel explain NAME.nn` must exit 0 and print exactly
+  # tests/explain/NAME.out on stdout; also under AddressSanitizer and UBSan when built.
+  n=0
+  for nn in tests/explain/*.nn; do
+    [ -e "$nn" ] || continue
+    n=$((n + 1))
+    want=${nn%.nn}.out
+    (cd tests/explain && "../../$KEEL" explain "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
+    status=$?
+    if [ $status != 0 ]; then
+      fail "$nn: exit status $status, want 0"
+      head -n 10 "$TMP/err"
+    elif ! cmp -s "$TMP/out" "$want"; then
+      fail "$nn: stdout differs from $want"
+      diff "$want" "$TMP/out" | head -n 10
+    else
+      ok
+    fi
+    if [ -x build/asan/keel ]; then
+      (cd tests/explain && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 \
+        ../../build/asan/keel explain "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
+      status=$?
+      if [ $status = 0 ] && cmp -s "$TMP/out" "$want"; then ok; else
+        fail "$nn under AddressSanitizer: exit status $status"; head -n 20 "$TMP/err"
+      fi
+    fi
+  done
+  echo "tests/explain: $n scripts"
+fi
+
 if [ "$only" = all ] || [ "$only" = parity ]; then
   # PyTorch reference cases (tests/parity/gen.py): weights after N steps, relative error 1e-4
   for nn in tests/parity/*.nn; do
