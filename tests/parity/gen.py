@@ -118,11 +118,20 @@ CASES = [
     ("partial_batchnorm_adam", 4, [(6, "tanh", "batchnorm"), (7, "relu")], 3, "cross_entropy",
      "adam lr=0.02",
      lambda p: torch.optim.Adam(p, lr=0.02), 8, 20, 30, 21),
+    # Gradient clipping, as torch.nn.utils.clip_grad_norm_ and clip_grad_value_ between
+    # backward() and step(); thresholds low enough that every step is clipped
+    ("clip_norm_sgd", 4, [(8, "relu")], 3, "cross_entropy",
+     "sgd lr=0.2 momentum=0.9",
+     lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9), 8, 20, 24, 0, {"clip": ("norm", 0.3)}),
+    ("clip_value_adam_mse", 3, [(6, "tanh")], 1, "mse",
+     "adam lr=0.01",
+     lambda p: torch.optim.Adam(p, lr=0.01), 8, 20, 24, 0, {"clip": ("value", 0.02)}),
 ]
 
 
 def make_case(name, features, hidden, outputs, loss, opt_line, make_opt, batch, steps, rows,
-              val=0):
+              val=0, options=None):
+    clip = (options or {}).get("clip")
     assert loss == "cross_entropy" or outputs == 1, "a CSV holds one target column"
     torch.manual_seed(sum(name.encode()))
     g = torch.Generator().manual_seed(len(name))
@@ -176,6 +185,10 @@ def make_case(name, features, hidden, outputs, loss, opt_line, make_opt, batch, 
         xb, yb = x[b * batch:(b + 1) * batch], y[b * batch:(b + 1) * batch]
         opt.zero_grad()
         lossf(model(xb), yb).backward()
+        if clip and clip[0] == "norm":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip[1])
+        elif clip:
+            torch.nn.utils.clip_grad_value_(model.parameters(), clip[1])
         opt.step()
     write_safetensors(os.path.join(HERE, f"{name}.want.safetensors"), state())
 
@@ -211,7 +224,10 @@ def make_case(name, features, hidden, outputs, loss, opt_line, make_opt, batch, 
         f.write(f"data d {{\n{data}}}\n\n")
         f.write("network net {\n  input %d\n%s\n}\n\n" % (features, "\n".join(lines)))
         f.write(f"train net on d {{\n  loss      {loss}\n  optimizer {opt_line}\n"
-                f"  batch     {batch}\n  epochs    {steps}\n  steps     {steps}\n}}\n")
+                f"  batch     {batch}\n  epochs    {steps}\n  steps     {steps}\n")
+        if clip:
+            f.write(f"  clip      {clip[0]}={clip[1]}\n")
+        f.write("}\n")
 
 
 if __name__ == "__main__":
