@@ -148,7 +148,12 @@ if [ "$only" = all ] || [ "$only" = explain ]; then
       fi
     fi
   done
-  echo "tests/explain: $n scripts"
+  # the main example's explanation is part of what users read first
+  "$KEEL" explain examples/fashion_mlp.nn > "$TMP/out" 2>&1
+  cmp -s "$TMP/out" tests/explain/fashion_mlp.out && ok ||
+    { fail "keel explain examples/fashion_mlp.nn differs from tests/explain/fashion_mlp.out";
+      diff tests/explain/fashion_mlp.out "$TMP/out" | head -n 10; }
+  echo "tests/explain: $n scripts and examples/fashion_mlp.nn"
 fi
 
 if [ "$only" = all ] || [ "$only" = parity ]; then
@@ -233,6 +238,25 @@ if [ "$only" = all ] || [ "$only" = e2e ]; then
   [ "$(json "$TMP/fm2/report.json" stopped)" = '"steps"' ] && ok || fail "fashion_mlp --steps 50: stopped is not \"steps\""
   [ "$(json "$TMP/fm2/report.json" steps)" = 50 ] && ok || fail "fashion_mlp --steps 50: steps is not 50"
 
+  # the divergence guard: lr=50 blows up; bad steps are discarded, training stops with exit
+  # status 3 and advice, and the saved weights are the last good ones, all finite
+  (cd tests/e2e && "../../$KEEL" run diverge.nn --out "$TMP/dv") > "$TMP/dv.log" 2>&1
+  status=$?
+  [ $status = 3 ] && ok || fail "diverge: exit status $status, want 3"
+  [ "$(json "$TMP/dv/report.json" stopped)" = '"guard"' ] && ok || fail "diverge: stopped is not \"guard\""
+  grep -q '"reason": "the loss' "$TMP/dv/report.json" && ok || fail "diverge: no guard event in report.json"
+  grep -q "^What to try:" "$TMP/dv.log" && grep -q "discarded" "$TMP/dv.log" && ok ||
+    fail "diverge: no explanation printed"
+  build/test/st_compare --finite "$TMP/dv/final.safetensors" > /dev/null && ok ||
+    fail "diverge: final.safetensors holds a non-finite value"
+  # early stopping on labels that are noise: it fires and the best epoch's weights come back
+  (cd tests/e2e && "../../$KEEL" run early_stop.nn --out "$TMP/es") > "$TMP/es.log" 2>&1 && ok ||
+    fail "early_stop: keel run failed"
+  [ "$(json "$TMP/es/report.json" early_stopped)" = true ] && ok || fail "early_stop: did not fire"
+  cmp -s "$TMP/es/final.safetensors" "$TMP/es/best.safetensors" && ok ||
+    fail "early_stop: final.safetensors is not the best epoch's weights"
+  grep -q "overfitting" "$TMP/es.log" && ok || fail "early_stop: the report does not mention overfitting"
+
   # the stages are visible
   $KEEL emit ir examples/xor.nn > "$TMP/ir" 2>&1
   grep -q "# backward (autodiff)" "$TMP/ir" && grep -q "pickgrad" "$TMP/ir" && ok ||
@@ -241,7 +265,7 @@ if [ "$only" = all ] || [ "$only" = e2e ]; then
   grep -q "define void @train_step" "$TMP/ll" && grep -q "cblas_sgemm" "$TMP/ll" && ok ||
     fail "emit llvm: no train_step calling cblas_sgemm"
   $KEEL check examples/fashion_mlp.nn > "$TMP/check" 2>&1
-  grep -Eq "^total +235146$" "$TMP/check" && ok || fail "check: total parameters of fashion_mlp is not 235146"
+  grep -Eq "^total +235914$" "$TMP/check" && ok || fail "check: total parameters of fashion_mlp is not 235914 (as torch counts them)"
   $KEEL --version | grep -q '^keel ' && ok || fail "--version"
   $KEEL --help | grep -q 'keel run FILE' && ok || fail "--help"
 fi

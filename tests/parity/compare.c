@@ -1,6 +1,7 @@
 // compare.c — compares two safetensors files tensor by tensor (build/test/st_compare).
 //
 //   st_compare EXPECTED ACTUAL [RTOL]
+//   st_compare --finite FILE
 //
 // For every tensor of EXPECTED, ACTUAL must hold a tensor of the same name and shape whose
 // relative error max|a - e| / max(max|e|, 1e-6) is at most RTOL (default 1e-4). Prints one
@@ -66,9 +67,35 @@ static const float *tensor(File *f, const char *name, cJSON **shape, size_t *cou
   return (const float *)(f->bytes + f->data + b);
 }
 
+// st_compare --finite FILE: every value of every tensor is finite (no NaN, no infinity).
+static int all_finite(const char *path) {
+  File f = load(path);
+  int bad = 0, n = 0;
+  for (cJSON *t = f.header->child; t; t = t->next) {
+    if (!strcmp(t->string, "__metadata__"))
+      continue;
+    cJSON *shape;
+    size_t count;
+    const float *v = tensor(&f, t->string, &shape, &count);
+    n++;
+    for (size_t i = 0; i < count; i++) {
+      float x;
+      memcpy(&x, v + i, 4);
+      if (!isfinite(x)) {
+        printf("%s[%zu] is %g\n", t->string, i, x);
+        bad++;
+        break;
+      }
+    }
+  }
+  return bad || !n;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 3 && !strcmp(argv[1], "--finite"))
+    return all_finite(argv[2]);
   if (argc < 3) {
-    fprintf(stderr, "usage: st_compare EXPECTED ACTUAL [RTOL]\n");
+    fprintf(stderr, "usage: st_compare EXPECTED ACTUAL [RTOL] | st_compare --finite FILE\n");
     return 2;
   }
   double rtol = argc > 3 ? atof(argv[3]) : 1e-4;
