@@ -33,6 +33,7 @@ Node *ast_new(NodeKind kind, Pos pos) {
   Node *n = arena_alloc(sizeof(Node));
   n->kind = kind;
   n->pos = pos;
+  n->depth = 1;  // a leaf's; grammar/parser.y sets an inner node's from its children
   return n;
 }
 

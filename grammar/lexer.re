@@ -11,7 +11,11 @@
 //     may end in \r\n;
 //   - keywords are reserved; any other [a-zA-Z_][a-zA-Z0-9_]* is a T_IDENT;
 //   - `1x28x28` is one T_DIMS token (a shape literal), not a number and a name;
-//   - string escapes \" \\ \n \t are resolved here.
+//   - string escapes \" \\ \n \t are resolved here;
+//   - for syntax messages (yyreport_syntax_error in parser.y): the brackets open now and the
+//     line of each (`expected '}' to close the block opened at line 3`), whether a comparison
+//     follows another at the same level (`a < b < c`), and where the last token ends (end of
+//     file is reported there, not on the empty line after a final newline).
 // Bad input (a stray character, an unterminated string) goes through error_at.
 
 #include "keel.h"
@@ -23,6 +27,43 @@
 // The position of p, a pointer into the current line.
 static Pos pos_of(Parser *ps, const char *p) {
   return (Pos){ps->file, ps->src, ps->line, (int)(p - ps->line_start) + 1};
+}
+
+// A bracket opens: remember its line, and start a new level for comparisons.
+static void open_bracket(Parser *ps, char ch) {
+  if (ps->nopen == ps->capopen) {
+    int cap = ps->capopen ? 2 * ps->capopen : 16;
+    OpenBracket *a = arena_alloc((size_t)cap * sizeof *a);
+    for (int i = 0; i < ps->nopen; i++)
+      a[i] = ps->open[i];
+    ps->open = a;
+    ps->capopen = cap;
+  }
+  ps->open[ps->nopen++] = (OpenBracket){ch, ps->line, ps->cmp};
+  ps->cmp = false;
+}
+
+// A bracket closes. One that does not match the innermost open bracket is left to the parser
+// to report (the grammar nests them, so it is always a syntax error there).
+static void close_bracket(Parser *ps, char open_ch) {
+  if (ps->nopen > 0 && ps->open[ps->nopen - 1].ch == open_ch)
+    ps->cmp = ps->open[--ps->nopen].cmp;
+  else
+    ps->cmp = false;
+}
+
+// Records the token just read: where it ends, and whether it is a comparison that follows
+// another one at the same level (`a < b < c`). kind: 'c' a comparison, 'e' a token that may
+// sit inside an expression (a name, a value, an arithmetic operator), 0 any other token,
+// which ends the expression.
+static int token(Parser *ps, int tok, char kind) {
+  ps->tok_end = (Pos){ps->file, ps->src, ps->line, (int)(ps->cur - ps->line_start) + 1};
+  ps->chained = kind == 'c' && ps->cmp;
+  if (kind == 'c')
+    ps->cmp = true;
+  else if (kind == 0)
+    ps->cmp = false;
+  return tok;
 }
 
 // A byte as it reads in a message: 'a', or '\x01' when it is not printable.
@@ -83,6 +124,8 @@ int yylex(YYSTYPE *lval, YYLTYPE *loc, Parser *ps) {
         if (tok < ps->lim)
           error_at(*loc, "unexpected character '\\x00'");
         ps->cur = tok;  // stay at the end: every later call is end of file again
+        if (ps->tok_end.line > 0)
+          *loc = ps->tok_end;  // just past the last token, on its line
         return YYEOF;
       }
 
@@ -91,38 +134,54 @@ int yylex(YYSTYPE *lval, YYLTYPE *loc, Parser *ps) {
         ps->line_start = ps->cur;
         if (ps->depth > 0)
           continue;
+        ps->cmp = ps->chained = false;
         return T_NEWLINE;
       }
       space | comment { continue; }
 
-      "data"      { return T_DATA; }
-      "network"   { return T_NETWORK; }
-      "layer"     { return T_LAYER; }
-      "loss"      { return T_LOSS; }
-      "optimizer" { return T_OPTIMIZER; }
-      "schedule"  { return T_SCHEDULE; }
-      "train"     { return T_TRAIN; }
-      "eval"      { return T_EVAL; }
-      "on"        { return T_ON; }
-      "then"      { return T_THEN; }
-      "param"     { return T_PARAM; }
-      "buffer"    { return T_BUFFER; }
-      "state"     { return T_STATE; }
-      "init"      { return T_INIT; }
+      "data"      { return token(ps, T_DATA, 0); }
+      "network"   { return token(ps, T_NETWORK, 0); }
+      "layer"     { return token(ps, T_LAYER, 0); }
+      "loss"      { return token(ps, T_LOSS, 0); }
+      "optimizer" { return token(ps, T_OPTIMIZER, 0); }
+      "schedule"  { return token(ps, T_SCHEDULE, 0); }
+      "train"     { return token(ps, T_TRAIN, 0); }
+      "eval"      { return token(ps, T_EVAL, 0); }
+      "on"        { return token(ps, T_ON, 0); }
+      "then"      { return token(ps, T_THEN, 0); }
+      "param"     { return token(ps, T_PARAM, 0); }
+      "buffer"    { return token(ps, T_BUFFER, 0); }
+      "state"     { return token(ps, T_STATE, 0); }
+      "init"      { return token(ps, T_INIT, 0); }
 
-      ident  { lval->str = str_ndup(tok, (size_t)(ps->cur - tok)); return T_IDENT; }
-      dims   { lval->str = str_ndup(tok, (size_t)(ps->cur - tok)); return T_DIMS; }
-      number { lval->num = strtod(str_ndup(tok, (size_t)(ps->cur - tok)), NULL); return T_NUMBER; }
-      string { lval->str = unescape(ps, tok, ps->cur); return T_STRING; }
+      ident  { lval->str = str_ndup(tok, (size_t)(ps->cur - tok)); return token(ps, T_IDENT, 'e'); }
+      dims   { lval->str = str_ndup(tok, (size_t)(ps->cur - tok)); return token(ps, T_DIMS, 'e'); }
+      number {
+        lval->num = strtod(str_ndup(tok, (size_t)(ps->cur - tok)), NULL);
+        return token(ps, T_NUMBER, 'e');
+      }
+      string { lval->str = unescape(ps, tok, ps->cur); return token(ps, T_STRING, 'e'); }
       "\"" strchar* { error_at(*loc, "unterminated string"); }
 
-      "==" { return T_EQ; }
-      "!=" { return T_NE; }
-      "<=" { return T_LE; }
-      ">=" { return T_GE; }
-      [([] { ps->depth++; return *tok; }
-      [)\]] { if (ps->depth > 0) ps->depth--; return *tok; }
-      [-+*/@^<>=?:,{}] { return *tok; }
+      "==" { return token(ps, T_EQ, 'c'); }
+      "!=" { return token(ps, T_NE, 'c'); }
+      "<=" { return token(ps, T_LE, 'c'); }
+      ">=" { return token(ps, T_GE, 'c'); }
+      [<>] { return token(ps, *tok, 'c'); }
+      [-+*/@^] { return token(ps, *tok, 'e'); }
+      [=?:,] { return token(ps, *tok, 0); }
+      [([{] {
+        if (*tok != '{')
+          ps->depth++;
+        open_bracket(ps, *tok);
+        return token(ps, *tok, 'e');
+      }
+      [)\]}] {
+        if (*tok != '}' && ps->depth > 0)
+          ps->depth--;
+        close_bracket(ps, *tok == ')' ? '(' : *tok == ']' ? '[' : '{');
+        return token(ps, *tok, 'e');
+      }
 
       * { error_at(*loc, "unexpected character %s", char_name((unsigned char)*tok)); }
     */

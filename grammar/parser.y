@@ -34,6 +34,13 @@ typedef struct {
   Node *head, *tail;
 } NodeList;
 
+// A bracket the lexer has seen open and not yet close: '{', '(' or '['.
+typedef struct {
+  char ch;     // the opening character
+  int line;    // where it opened, for "expected '}' to close the block opened at line 3"
+  bool cmp;    // the level around it had seen a comparison (Parser.cmp, saved)
+} OpenBracket;
+
 // The state of one parse, shared by yyparse and yylex (grammar/lexer.re).
 typedef struct Parser {
   const char *file;        // the file name, for Pos
@@ -44,6 +51,13 @@ typedef struct Parser {
   int line;                // the current line, from 1
   int depth;               // ( and [ nesting: newlines inside are not tokens
   const char *tok;         // the text of the last token returned, for syntax errors
+  Pos tok_end;             // just past the last token other than a newline (line 0: none
+                           // yet): where end of file is reported
+  OpenBracket *open;       // the brackets open now, innermost last
+  int nopen, capopen;
+  bool cmp;                // a comparison operator came at this bracket level since the
+                           // last token that ends an expression (, ? : = newline keyword)
+  bool chained;            // the last token is a comparison and cmp was already set
   Node *result;            // the list of top-level definitions
 } Parser;
 }
@@ -54,6 +68,8 @@ int yylex(YYSTYPE *lval, YYLTYPE *loc, Parser *ps);
 }
 
 %code {
+#include <string.h>
+
 // A rule's position is its first symbol's (an empty rule takes the previous symbol's).
 #define YYLLOC_DEFAULT(Cur, Rhs, N) \
   do {                              \
@@ -71,12 +87,40 @@ static Node *node(NodeKind kind, Pos pos, const char *name) {
   return n;
 }
 
+// Expressions nest at most MAX_DEPTH nodes deep. The passes after the parser (lowering,
+// ast_dump) walk them recursively, so a script with `out = x + x + ...` of 200,000 terms (a
+// left-deep tree; Bison's own stack stays shallow) would overflow their C stack. Each
+// expression node's depth is 1 + its deepest child's (a leaf's is 1, from ast_new); the node
+// that passes the limit is reported at its position (a binary node's is its operator's).
+#define MAX_DEPTH 1000
+
+static int max_depth(int d, Node *n) { return n && n->depth > d ? n->depth : d; }
+
+// Sets the depth of the expression node n from its children (lhs, rhs, cond, and the args of
+// a call); reports n when it is too deep.
+static Node *nest(Node *n) {
+  int d = max_depth(max_depth(max_depth(0, n->lhs), n->rhs), n->cond);
+  for (Node *a = n->args; a; a = a->next)
+    d = max_depth(d, a);
+  n->depth = d + 1;
+  if (n->depth > MAX_DEPTH)
+    error_at(n->pos, "expression nested too deeply (more than %d levels)", MAX_DEPTH);
+  return n;
+}
+
 static Node *binary(int op, Pos pos, Node *lhs, Node *rhs) {
   Node *n = ast_new(ND_BINARY, pos);
   n->op = op;
   n->lhs = lhs;
   n->rhs = rhs;
-  return n;
+  return nest(n);
+}
+
+// `name = value`: a named parameter, argument or item.
+static Node *named(Pos pos, const char *name, Node *value) {
+  Node *n = node(ND_NAMED, pos, name);
+  n->lhs = value;
+  return nest(n);
 }
 
 // A definition or statement with a name, arguments, a value and a body.
@@ -206,7 +250,7 @@ param_list
 
 param
   : T_IDENT                           { $$ = node(ND_IDENT, @1, $1); }
-  | T_IDENT '=' expr                  { $$ = def(ND_NAMED, @1, $1, NULL, $3, NULL); }
+  | T_IDENT '=' expr                  { $$ = named(@1, $1, $3); }
   ;
 
 // ---------------------------------------------------------------------------------------------
@@ -219,6 +263,9 @@ param
 //   - a name followed by '(' is always a call: `f (x)` is f(x), not the items f and (x).
 //     This one is a shift/reduce choice that %prec NOCALL settles in favour of the call.
 // An operator between two items joins them: `scale 1/255` is one item, (/ 1 255).
+// A named item's value is a whole expr: the '=' before it delimits its left edge, so
+// `weight_decay=-0.01` (and `every=a ? 1 : 2`) need no parentheses. A '-' where an item
+// starts gets its own message (yyreport_syntax_error): `epochs -1` → write (-1).
 
 line_block
   : '{' opt_nls '}'                   { $$ = NULL; }
@@ -252,7 +299,7 @@ items
 
 item
   : iexpr                             { $$ = $1; }
-  | T_IDENT '=' iexpr                 { $$ = def(ND_NAMED, @1, $1, NULL, $3, NULL); }
+  | T_IDENT '=' expr                  { $$ = named(@1, $1, $3); }
   | "then"                            { $$ = ast_new(ND_THEN, @1); }
   ;
 
@@ -320,6 +367,7 @@ expr
       $$->cond = $1;
       $$->lhs = $3;
       $$->rhs = $5;
+      nest($$);
     }
   | expr '<' expr                     { $$ = binary('<', @2, $1, $3); }
   | expr '>' expr                     { $$ = binary('>', @2, $1, $3); }
@@ -337,6 +385,7 @@ expr
       $$ = ast_new(ND_UNARY, @1);
       $$->op = '-';
       $$->lhs = $2;
+      nest($$);
     }
   | primary                           { $$ = $1; }
   ;
@@ -367,7 +416,7 @@ primary
   | T_STRING                          { $$ = node(ND_STR, @1, $1); }
   | T_DIMS                            { $$ = node(ND_DIMS, @1, $1); }
   | T_IDENT %prec NOCALL              { $$ = node(ND_IDENT, @1, $1); }
-  | T_IDENT '(' args ')'              { $$ = def(ND_CALL, @1, $1, $3.head, NULL, NULL); }
+  | T_IDENT '(' args ')'              { $$ = nest(def(ND_CALL, @1, $1, $3.head, NULL, NULL)); }
   | '(' expr ')'                      { $$ = $2; }
   ;
 
@@ -384,7 +433,7 @@ arg_list
 
 arg
   : expr                              { $$ = $1; }
-  | T_IDENT '=' expr                  { $$ = def(ND_NAMED, @1, $1, NULL, $3, NULL); }
+  | T_IDENT '=' expr                  { $$ = named(@1, $1, $3); }
   ;
 
 %%
@@ -394,12 +443,27 @@ arg
 //
 //   unexpected 'relu'                      the token's own text
 //   unexpected end of line                 a newline token
-//   unexpected end of file
+//   unexpected end of file                 reported just past the last token (lexer.re)
 //   ..., expected '='                      when 1 to 3 tokens could follow, by readable
 //   ..., expected a name or ')'            names; the tokens that start an expression
 //   ..., expected an expression            count as one, "an expression"
+//   unexpected '}', expected ')'           when more could follow, the operators that would
+//                                          continue an expression are left out: `(x * 2 }`
+//
+// and three of their own:
+//
+//   unexpected end of file, expected '}' to close the block opened at line 3
+//       (or `')'`, the parenthesis; `']'`, the bracket) when the innermost open bracket's
+//       closer could come; when it could not yet, the message ends with
+//       "; the block opened at line 3 is not closed"
+//   comparisons cannot be chained ('a < b < c'); write (a < b) * (b < c)
+//       at the second comparison operator of one level (see Parser.cmp in lexer.re)
+//   a value on a line cannot start with '-'; write it in parentheses: (-1)
+//       at a '-' where an item of a line begins (`epochs -1`)
 
-// Bison stops at 10000 nested symbols (YYMAXDEPTH) and reports "memory exhausted".
+// Bison stops at 10000 nested symbols (YYMAXDEPTH) and reports "memory exhausted": deep
+// parentheses `((((x))))`, or a right-deep `a ^ a ^ ...` of 5000 terms. MAX_DEPTH (above)
+// catches what the stack holds but later passes would not.
 static void yyerror(YYLTYPE *loc, Parser *ps, const char *msg) {
   (void)ps;
   (void)msg;
@@ -410,6 +474,19 @@ static void yyerror(YYLTYPE *loc, Parser *ps, const char *msg) {
 static bool starts_expr(yysymbol_kind_t kind) {
   return kind == YYSYMBOL_T_IDENT || kind == YYSYMBOL_T_NUMBER || kind == YYSYMBOL_T_STRING ||
          kind == YYSYMBOL_T_DIMS || kind == YYTRANSLATE('(') || kind == YYTRANSLATE('-');
+}
+
+static bool is_comparison(yysymbol_kind_t kind) {
+  return kind == YYTRANSLATE('<') || kind == YYTRANSLATE('>') || kind == YYSYMBOL_T_EQ ||
+         kind == YYSYMBOL_T_NE || kind == YYSYMBOL_T_LE || kind == YYSYMBOL_T_GE;
+}
+
+// Whether kind, after an expression, would continue it: a binary operator, '?', or the '('
+// of a call.
+static bool continues_expr(yysymbol_kind_t kind) {
+  return is_comparison(kind) || kind == YYTRANSLATE('?') || kind == YYTRANSLATE('+') ||
+         kind == YYTRANSLATE('-') || kind == YYTRANSLATE('*') || kind == YYTRANSLATE('/') ||
+         kind == YYTRANSLATE('@') || kind == YYTRANSLATE('^') || kind == YYTRANSLATE('(');
 }
 
 static const char *expected_name(yysymbol_kind_t kind) {
@@ -449,16 +526,51 @@ static int expected_rank(yysymbol_kind_t kind) {
   return starts_expr(kind) ? 0 : 1;
 }
 
+static bool has_kind(const yysymbol_kind_t *exp, int n, yysymbol_kind_t kind) {
+  for (int i = 0; i < n; i++)
+    if (exp[i] == kind)
+      return true;
+  return false;
+}
+
+// The names of the tokens exp[0..n) (in rank order) into names[4]; returns how many, 4
+// meaning too many to list. Where a number may come, an expression may: its starters fold
+// into one name. skip_ops leaves out what would continue an expression.
+static int expected_names(const yysymbol_kind_t *exp, int n, bool skip_ops, const char **names) {
+  bool fold = has_kind(exp, n, YYSYMBOL_T_NUMBER);
+  int nnames = 0;
+  bool said_expr = false;
+  for (int i = 0; i < n && nnames < 4; i++) {
+    if (fold && starts_expr(exp[i])) {
+      if (!said_expr)
+        names[nnames++] = "an expression";
+      said_expr = true;
+    } else if (!(skip_ops && continues_expr(exp[i]))) {
+      names[nnames++] = expected_name(exp[i]);
+    }
+  }
+  return nnames;
+}
+
+// `epochs -1`: the suggestion for a '-' that starts an item, from the token after it (a
+// copy of the lexer state reads it; the real one stays where it is).
+static const char *minus_hint(Parser *ps) {
+  Parser peek = *ps;
+  YYSTYPE val;
+  YYLTYPE loc;
+  int next = yylex(&val, &loc, &peek);
+  const char *after = peek.cur;
+  while (*after == ' ' || *after == '\t')
+    after++;
+  // `-x^2` or `-f(x)` is more than one token: do not guess where the parentheses go.
+  if ((next == T_NUMBER || next == T_IDENT) && !(*after && strchr("+-*/@^(<>=!?", *after)))
+    return str_fmt(": (-%.*s)", (int)(peek.cur - peek.tok), peek.tok);
+  return ", e.g. (-1)";
+}
+
 static int yyreport_syntax_error(const yypcontext_t *ctx, Parser *ps) {
   Pos pos = *yypcontext_location(ctx);
   yysymbol_kind_t tok = yypcontext_token(ctx);
-  const char *msg;
-  if (tok == YYSYMBOL_YYEOF)
-    msg = "unexpected end of file";
-  else if (tok == YYSYMBOL_T_NEWLINE)
-    msg = "unexpected end of line";
-  else
-    msg = str_fmt("unexpected '%.*s'", (int)(ps->cur - ps->tok), ps->tok);
 
   // What could have come instead, in rank order (a stable insertion sort).
   yysymbol_kind_t exp[YYNTOKENS];
@@ -470,27 +582,44 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, Parser *ps) {
       exp[j] = exp[j - 1];
     exp[j] = k;
   }
-  // Where a number may come, an expression may: its starters fold into one name.
-  bool fold = false;
-  for (int i = 0; i < n; i++)
-    if (exp[i] == YYSYMBOL_T_NUMBER)
-      fold = true;
+
+  // Comparisons are non-associative: `0 < x < 1` stops at the second '<'.
+  if (is_comparison(tok) && ps->chained)
+    error_at(pos, "comparisons cannot be chained ('a < b < c'); write (a < b) * (b < c)");
+  // A number could start an item here, but unary minus cannot (see line_block).
+  if (tok == YYTRANSLATE('-') && has_kind(exp, n, YYSYMBOL_T_NUMBER))
+    error_at(pos, "a value on a line cannot start with '-'; write it in parentheses%s",
+             minus_hint(ps));
+
+  const char *msg;
+  if (tok == YYSYMBOL_YYEOF)
+    msg = "unexpected end of file";
+  else if (tok == YYSYMBOL_T_NEWLINE)
+    msg = "unexpected end of line";
+  else
+    msg = str_fmt("unexpected '%.*s'", (int)(ps->cur - ps->tok), ps->tok);
+
+  // End of file inside a bracket: name the innermost one.
+  const char *note = "";
+  if (tok == YYSYMBOL_YYEOF && ps->nopen > 0) {
+    OpenBracket *o = &ps->open[ps->nopen - 1];
+    int close = o->ch == '(' ? ')' : o->ch == '[' ? ']' : '}';
+    const char *what = o->ch == '(' ? "parenthesis" : o->ch == '[' ? "bracket" : "block";
+    if (has_kind(exp, n, YYTRANSLATE(close)))
+      error_at(pos, "%s, expected '%c' to close the %s opened at line %d", msg, close, what,
+               o->line);
+    note = str_fmt("; the %s opened at line %d is not closed", what, o->line);
+  }
+
   const char *names[4];
-  int nnames = 0;
-  bool said_expr = false;
-  for (int i = 0; i < n && nnames < 4; i++) {
-    if (fold && starts_expr(exp[i])) {
-      if (!said_expr)
-        names[nnames++] = "an expression";
-      said_expr = true;
-    } else {
-      names[nnames++] = expected_name(exp[i]);
-    }
-  }
+  int nnames = expected_names(exp, n, false, names);
+  if (nnames > 3)
+    nnames = expected_names(exp, n, true, names);
+  const char *list = "";
   if (nnames >= 1 && nnames <= 3) {
-    msg = str_fmt("%s, expected %s", msg, names[0]);
+    list = str_fmt(", expected %s", names[0]);
     for (int i = 1; i < nnames; i++)
-      msg = str_fmt("%s%s%s", msg, i == nnames - 1 ? " or " : ", ", names[i]);
+      list = str_fmt("%s%s%s", list, i == nnames - 1 ? " or " : ", ", names[i]);
   }
-  error_at(pos, "%s", msg);
+  error_at(pos, "%s%s%s", msg, list, note);
 }

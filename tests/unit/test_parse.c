@@ -342,6 +342,16 @@ static void test_lines(void) {
             "(network n\n  (line layer (- dense 1) (call relu x)))\n");
   // The last line may end at the `}`.
   CHECK_STR(dump("network n { input 784 }\n"), "(network n\n  (line input 784))\n");
+  // A named item's value is a whole expression: `=` delimits it, so it may start with '-'
+  // (and hold a ?:); what follows still joins by operators and starts the next item.
+  CHECK_STR(dump("train n on d {\n"
+                 "  optimizer sgd lr=0.1 weight_decay=-0.01 momentum = -x^2 -1 relu\n"
+                 "  eval every=a ? 1 : 2 (-1) then\n"
+                 "}\n"),
+            "(train n d\n"
+            "  (line optimizer sgd (= lr 0.1) (= weight_decay (- 0.01)) "
+            "(= momentum (- (- (^ x 2)) 1)) relu)\n"
+            "  (line eval (= every (? a 1 2)) (- 1) then))\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -470,7 +480,7 @@ static void test_errors(void) {
               "  layer f() { out = g( }\n"
               "                       ^\n");
   CHECK_ERROR("layer f() { out = \"s\" \"t\" }\n",
-              "t.nn:1:23: error: unexpected '\"t\"'\n"
+              "t.nn:1:23: error: unexpected '\"t\"', expected end of line or '}'\n"
               "  layer f() { out = \"s\" \"t\" }\n"
               "                        ^\n");
   // A ?: cannot end an item: put it in parentheses.
@@ -504,33 +514,145 @@ static void test_errors(void) {
               "    out = x +\n"
               "             ^\n");
   CHECK_ERROR("loss f(a) = ",
-              "t.nn:1:13: error: unexpected end of file, expected an expression\n"
+              "t.nn:1:12: error: unexpected end of file, expected an expression\n"
               "  loss f(a) = \n"
-              "              ^\n");
+              "             ^\n");
 
-  // Unexpected end of file: its position is the end of the text.
-  CHECK_ERROR("layer f() {\n  out = x\n",
-              "t.nn:3:1: error: unexpected end of file\n"
-              "  \n"
-              "  ^\n");
-  CHECK_ERROR("layer f() { out = max(x,\n  # more to come\n",
-              "t.nn:3:1: error: unexpected end of file, expected an expression\n"
-              "  \n"
-              "  ^\n");
+  // Unexpected end of file: its position is just past the last token (not on the empty line
+  // after the last newline, nor after trailing comments).
   CHECK_ERROR("network n",
               "t.nn:1:10: error: unexpected end of file, expected '{'\n"
               "  network n\n"
               "           ^\n");
+  CHECK_ERROR("loss f(a) = max(a,  # the rest\n\n\n# more\n\n",
+              "t.nn:1:19: error: unexpected end of file, expected an expression; the parenthesis "
+              "opened at line 1 is not closed\n"
+              "  loss f(a) = max(a,  # the rest\n"
+              "                    ^\n");
+  CHECK_ERROR("network n {\r\n  input 3\r\n\r\n",
+              "t.nn:2:10: error: unexpected end of file, expected '}' to close the block opened at "
+              "line 1\n"
+              "    input 3\n"
+              "           ^\n");
+  // ... and inside a bracket, it names the innermost one and the line it opened on.
+  CHECK_ERROR("layer f() {\n  out = x\n",
+              "t.nn:2:10: error: unexpected end of file, expected '}' to close the block opened at "
+              "line 1\n"
+              "    out = x\n"
+              "           ^\n");
+  CHECK_ERROR("network n {\n  input 3\n  layer dense 4\n\n",
+              "t.nn:3:16: error: unexpected end of file, expected '}' to close the block opened at "
+              "line 1\n"
+              "    layer dense 4\n"
+              "                 ^\n");
+  CHECK_ERROR("layer f() {\n  train {\n    out = x }\n  eval {\n    out = x\n",
+              "t.nn:5:12: error: unexpected end of file, expected '}' to close the block opened at "
+              "line 4\n"
+              "      out = x\n"
+              "             ^\n");
+  CHECK_ERROR("loss f(a) = mean((a -\n  1)\n",
+              "t.nn:2:5: error: unexpected end of file, expected ')' to close the parenthesis "
+              "opened at line 1\n"
+              "    1)\n"
+              "      ^\n");
+  CHECK_ERROR("layer f(k) {\n  param w[k,\n    in\n",
+              "t.nn:3:7: error: unexpected end of file, expected ']' to close the bracket opened "
+              "at line 2\n"
+              "      in\n"
+              "        ^\n");
+  // When something else must come before the closer, the open bracket is a note.
+  CHECK_ERROR("layer f() { out = max(x,\n  # more to come\n",
+              "t.nn:1:25: error: unexpected end of file, expected an expression; the parenthesis "
+              "opened at line 1 is not closed\n"
+              "  layer f() { out = max(x,\n"
+              "                          ^\n");
+  CHECK_ERROR("layer f() {\n  out = x +",
+              "t.nn:2:12: error: unexpected end of file, expected an expression; the block opened "
+              "at line 1 is not closed\n"
+              "    out = x +\n"
+              "             ^\n");
 
-  // Comparisons do not chain.
+  // A closer of the wrong kind: the expected list leaves out the operators that could
+  // continue the expression, so it names the closer.
+  CHECK_ERROR("layer f() {\n  out = (x * 2 }\n",
+              "t.nn:2:16: error: unexpected '}', expected ')'\n"
+              "    out = (x * 2 }\n"
+              "                 ^\n");
+  CHECK_ERROR("layer f() {\n  out = (x * 2\n}\n",
+              "t.nn:3:1: error: unexpected '}', expected ')'\n"
+              "  }\n"
+              "  ^\n");
+  CHECK_ERROR("layer f() { out = max(x, 0 }\n",
+              "t.nn:1:28: error: unexpected '}', expected ',' or ')'\n"
+              "  layer f() { out = max(x, 0 }\n"
+              "                             ^\n");
+  CHECK_ERROR("layer f() { param w[3, 4) }\n",
+              "t.nn:1:25: error: unexpected ')', expected ',' or ']'\n"
+              "  layer f() { param w[3, 4) }\n"
+              "                          ^\n");
+  CHECK_ERROR("layer f() { out = c ? x }\n",
+              "t.nn:1:25: error: unexpected '}', expected ':'\n"
+              "  layer f() { out = c ? x }\n"
+              "                          ^\n");
+
+  // Comparisons do not chain: reported at the second operator of one level.
   CHECK_ERROR("loss f(a, b, c) = a < b < c\n",
-              "t.nn:1:25: error: unexpected '<'\n"
+              "t.nn:1:25: error: comparisons cannot be chained ('a < b < c'); "
+              "write (a < b) * (b < c)\n"
               "  loss f(a, b, c) = a < b < c\n"
               "                          ^\n");
   CHECK_ERROR("loss f(a, b, c) = a == b != c\n",
-              "t.nn:1:26: error: unexpected '!='\n"
+              "t.nn:1:26: error: comparisons cannot be chained ('a < b < c'); "
+              "write (a < b) * (b < c)\n"
               "  loss f(a, b, c) = a == b != c\n"
               "                           ^\n");
+  CHECK_ERROR("layer f() {\n  out = x * (0 <= x + 1 < (1))\n}\n",
+              "t.nn:2:25: error: comparisons cannot be chained ('a < b < c'); "
+              "write (a < b) * (b < c)\n"
+              "    out = x * (0 <= x + 1 < (1))\n"
+              "                          ^\n");
+  CHECK_ERROR("data d {\n  limit 0<x<1\n}\n",
+              "t.nn:2:12: error: comparisons cannot be chained ('a < b < c'); "
+              "write (a < b) * (b < c)\n"
+              "    limit 0<x<1\n"
+              "             ^\n");
+  // A comparison after a bracket, a ',', a '?' or ':' or a line starts a new chain.
+  CHECK_STR(dump_expr("(a < b) < c + f(a > b, b > c) * (a == b ? b < c : c <= a)"),
+            "(< (< a b) (+ c (* (call f (> a b) (> b c)) (? (== a b) (< b c) (<= c a)))))");
+  CHECK_STR(dump("data d {\n  limit a<b c<d\n  limit e>f\n}\n"),
+            "(data d\n  (line limit (< a b) (< c d))\n  (line limit (> e f)))\n");
+  // A '<' that does not follow another is still just unexpected.
+  CHECK_ERROR("layer f(a < b) {}\n",
+              "t.nn:1:11: error: unexpected '<', expected '=', ',' or ')'\n"
+              "  layer f(a < b) {}\n"
+              "            ^\n");
+
+  // A line item cannot start with unary minus: say how to write it.
+  CHECK_ERROR("train n on d {\n  epochs -1\n}\n",
+              "t.nn:2:10: error: a value on a line cannot start with '-'; write it in parentheses: "
+              "(-1)\n"
+              "    epochs -1\n"
+              "           ^\n");
+  CHECK_ERROR("train n on d {\n  clip -max_norm   # a name\n}\n",
+              "t.nn:2:8: error: a value on a line cannot start with '-'; write it in parentheses: "
+              "(-max_norm)\n"
+              "    clip -max_norm   # a name\n"
+              "         ^\n");
+  CHECK_ERROR("train n on d {\n  schedule warmup 5 then -2.5e-3 }\n",
+              "t.nn:2:26: error: a value on a line cannot start with '-'; write it in parentheses: "
+              "(-2.5e-3)\n"
+              "    schedule warmup 5 then -2.5e-3 }\n"
+              "                           ^\n");
+  CHECK_ERROR("network n {\n  input -x^2\n}\n",
+              "t.nn:2:9: error: a value on a line cannot start with '-'; write it in parentheses, "
+              "e.g. (-1)\n"
+              "    input -x^2\n"
+              "          ^\n");
+  // Elsewhere '-' is binary: `dense -1` is dense - 1 (see test_lines).
+  CHECK_ERROR("network n {\n  input 3 -\n}\n",
+              "t.nn:2:12: error: unexpected end of line, expected an expression\n"
+              "    input 3 -\n"
+              "             ^\n");
 
   // Lexer errors
   CHECK_ERROR("data d {\n  train idx(\"abc)\n}\n",
@@ -563,8 +685,39 @@ static void test_errors(void) {
               "               ^\n");
 }
 
-// Bison's stack holds 10000 symbols; deeper nesting is an error, not a crash.
+// The first line of a captured error: "file:line:col: error: message".
+static char *first_line(char *err) {
+  char *nl = strchr(err, '\n');
+  if (nl)
+    *nl = 0;
+  return err;
+}
+
+// Parses src in a child; checks the exit status (1) and the first line of stderr. The
+// buffer holds a whole echoed source line of a few megabytes.
+static void check_deep_error(const char *src, const char *want, int line) {
+  static char err[8 << 20];
+  int st = check_capture(parse_src, (void *)src, err, sizeof err);
+  CHECK(st == 1, "line %d: exit status %d", line, st);
+  CHECK(strcmp(first_line(err), want) == 0, "line %d: got: %.200s\nwant: %s", line, err, want);
+}
+
+// A string of n copies of s between head and tail.
+static char *repeat(const char *head, const char *s, size_t n, const char *tail) {
+  size_t hl = strlen(head), sl = strlen(s), tl = strlen(tail);
+  char *out = malloc(hl + n * sl + tl + 1), *p = out;
+  memcpy(p, head, hl);
+  p += hl;
+  for (size_t i = 0; i < n; i++, p += sl)
+    memcpy(p, s, sl);
+  memcpy(p, tail, tl + 1);
+  return out;
+}
+
+// Expressions nest at most 1000 nodes deep (later passes walk them recursively); Bison's
+// stack holds 10000 symbols. Deeper is an error, not a crash, in either direction.
 static void test_deep(void) {
+  // Parentheses make no nodes: 20000 of them fill Bison's stack first.
   size_t depth = 20000;
   char *src = malloc(2 * depth + 32);
   char *p = src + sprintf(src, "loss f() = ");
@@ -573,21 +726,67 @@ static void test_deep(void) {
   p += sprintf(p, "x");
   memset(p, ')', depth);
   p[depth] = 0;
-  static char err[65536];
-  int st = check_capture(parse_src, src, err, sizeof err);
-  CHECK(st == 1, "exit status %d", st);
-  const char *want = "t.nn:1:10003: error: expression nested too deeply\n";
-  CHECK(strncmp(err, want, strlen(want)) == 0, "got: %.80s", err);
-
-  // A long left-associative chain is not deep for the parser.
-  char *chain = malloc(4 * depth + 32);
-  p = chain + sprintf(chain, "loss f() = x");
-  for (size_t i = 0; i < depth; i++)
-    p += sprintf(p, "+x");
-  Node *n = parse_file("t.nn", chain);
-  CHECK(n->lhs->kind == ND_BINARY && n->lhs->rhs->kind == ND_IDENT, "chain");
+  check_deep_error(src, "t.nn:1:10003: error: expression nested too deeply", __LINE__);
   free(src);
-  free(chain);
+
+  // A layer body `out = x + x + ...` of 200,000 terms is left-deep: the stack stays shallow,
+  // and the 1000th '+' (at column 7 + 4 * 1000) makes the 1001st level.
+  src = repeat("layer f() {\n  out = x", " + x", 200000, "\n}\n");
+  check_deep_error(src,
+                   "t.nn:2:4007: error: expression nested too deeply (more than 1000 levels)",
+                   __LINE__);
+  free(src);
+  // 999 operators, 1000 levels, are fine, and dump.
+  src = repeat("layer f() {\n  out = x", " + x", 999, "\n}\n");
+  Node *n = parse_file("t.nn", src);
+  CHECK(n->body->lhs->depth == 1000 && n->body->lhs->lhs->depth == 999, "depth %d",
+        n->body->lhs->depth);
+  char *text = dump(src);
+  char *want = repeat("(layerdef f (params)\n  (assign out ", "(+ ", 999, "x");
+  want = str_fmt("%s%s))\n", want, repeat("", " x)", 999, ""));
+  CHECK(strcmp(text, want) == 0, "dump of 999 operators: %.100s", text);
+  free(text);
+  free(src);
+
+  // Right-deep: `x^x^...^x` of 1500 operators reduces from the right; the 1000th operator
+  // from the right (the 501st, at column 11 + 2 * 501) passes the limit.
+  src = repeat("loss f() = x", "^x", 1500, "\n");
+  check_deep_error(src,
+                   "t.nn:1:1013: error: expression nested too deeply (more than 1000 levels)",
+                   __LINE__);
+  free(src);
+  // 200,000 of them fill Bison's stack first (2 symbols each).
+  src = repeat("loss f() = x", "^x", 200000, "\n");
+  check_deep_error(src, "t.nn:1:10003: error: expression nested too deeply", __LINE__);
+  free(src);
+  // Unary minus, calls, ?: and named arguments count too.
+  src = repeat("loss f() = ", "-", 1000, "x\n");
+  check_deep_error(src, "t.nn:1:12: error: expression nested too deeply (more than 1000 levels)",
+                   __LINE__);
+  free(src);
+  src = repeat("loss f() = ", "-", 999, "x\n");
+  CHECK(parse_file("t.nn", src)->lhs->depth == 1000, "999 minus signs");
+  free(src);
+  // (1000 nested calls: the outermost is the 1001st level)
+  src = repeat("loss f() = ", "g(0, ", 1000, repeat("x", ")", 1000, "\n"));
+  check_deep_error(src, "t.nn:1:12: error: expression nested too deeply (more than 1000 levels)",
+                   __LINE__);
+  free(src);
+  // (a call and a named argument are 2 levels: the outermost `a=` of 500 is the 1001st)
+  src = repeat("loss f() = ", "g(a=", 500, repeat("-x", ")", 500, "\n"));
+  check_deep_error(src, "t.nn:1:14: error: expression nested too deeply (more than 1000 levels)",
+                   __LINE__);
+  free(src);
+  src = repeat("loss f() = ", "c ? 1 : ", 1000, "x\n");
+  check_deep_error(src, "t.nn:1:14: error: expression nested too deeply (more than 1000 levels)",
+                   __LINE__);
+  free(src);
+  // Items on a line and definition parameters are expressions like any other.
+  src = repeat("network n {\n  layer dense x", "+x", 1000, "\n}\n");
+  check_deep_error(src,
+                   "t.nn:2:2014: error: expression nested too deeply (more than 1000 levels)",
+                   __LINE__);
+  free(src);
 }
 
 // Every prefix of the sample either parses or is reported; none crashes.
