@@ -35,6 +35,8 @@ typedef struct {
   LLVMValueRef *imm;   // per instruction: a constant or a scalar input's value
   LLVMValueRef n, in, seed, run;
   bool guard;          // train_step: call krt_guard before the stores
+  bool *keep;          // per instruction: the runtime reads its slot (loss, output, probes)
+  bool profile;        // bracket each kernel with the cycle counter (train_step, --profile)
 } Cg;
 
 // ---------------------------------------------------------------------------------------------
@@ -176,7 +178,11 @@ typedef struct {
   LLVMValueRef iv;
 } Loop;
 
-static Loop loop_begin(Cg *cg, LLVMValueRef count) {
+static Loop loop_from(Cg *cg, LLVMValueRef start, LLVMValueRef count);
+static Loop loop_begin(Cg *cg, LLVMValueRef count) { return loop_from(cg, ci64(cg, 0), count); }
+
+// for (iv = start; iv < count; iv++)
+static Loop loop_from(Cg *cg, LLVMValueRef start, LLVMValueRef count) {
   Loop l;
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(cg->b);
   l.head = LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "loop");
@@ -185,8 +191,7 @@ static Loop loop_begin(Cg *cg, LLVMValueRef count) {
   LLVMBuildBr(cg->b, l.head);
   LLVMPositionBuilderAtEnd(cg->b, l.head);
   l.iv = LLVMBuildPhi(cg->b, cg->i64, "i");
-  LLVMValueRef zero = ci64(cg, 0);
-  LLVMAddIncoming(l.iv, &zero, &pre, 1);
+  LLVMAddIncoming(l.iv, &start, &pre, 1);
   LLVMBuildCondBr(cg->b, LLVMBuildICmp(cg->b, LLVMIntSLT, l.iv, count, ""), body, l.exit);
   LLVMPositionBuilderAtEnd(cg->b, body);
   return l;
@@ -332,12 +337,60 @@ static void reduce_dims(Cg *cg, Shape a, int axis, LLVMValueRef *outer, LLVMValu
   *outer = numel(cg, o), *len = dim_val(cg, a.dim[axis]), *inner = numel(cg, in);
 }
 
+// A reduction along contiguous memory (the last axis, or everything): for each of `outer`
+// rows, an accumulator in a register over `len` elements. Sums carry the `reassoc` flag so
+// LLVM vectorizes them: the order of the additions is then fixed by the compiled program
+// (its vector width), the same in every run, the JIT and a trainer for the same target.
+// For LSE's second pass, sub holds each row's maximum and the sum is of exp(x - max).
+static void reduce_rows(Cg *cg, Op op, LLVMValueRef src, LLVMValueRef dst, LLVMValueRef outer,
+                        LLVMValueRef len, bool lse_pass) {
+  LLVMBuilderRef B = cg->b;
+  bool is_max = (op == OP_RMAX || op == OP_LSE) && !lse_pass;
+  Loop lo = loop_begin(cg, outer);
+  LLVMValueRef init = cf32(cg, is_max ? -1.0 / 0.0 : 0);
+  LLVMValueRef m = lse_pass ? load_at(cg, dst, lo.iv) : NULL;
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(B);
+  Loop ll = loop_begin(cg, len);
+  LLVMBasicBlockRef body = LLVMGetInsertBlock(B);
+  LLVMPositionBuilder(B, ll.head, LLVMGetFirstInstruction(ll.head));
+  LLVMValueRef acc = LLVMBuildPhi(B, cg->f32, "acc");
+  LLVMAddIncoming(acc, &init, &pre, 1);
+  LLVMPositionBuilderAtEnd(B, body);
+  LLVMValueRef x = load_at(cg, src, LLVMBuildAdd(B, LLVMBuildMul(B, lo.iv, len, ""), ll.iv, ""));
+  LLVMValueRef r;
+  if (is_max) {
+    r = LLVMBuildSelect(B, LLVMBuildFCmp(B, LLVMRealUGT, x, acc, ""), x, acc, "");
+  } else {
+    if (lse_pass)
+      x = intrinsic1(cg, "llvm.exp", LLVMBuildFSub(B, x, m, ""));
+    r = LLVMBuildFAdd(B, acc, x, "");
+    LLVMSetFastMathFlags(r, LLVMFastMathAllowReassoc);
+  }
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(B);
+  LLVMAddIncoming(acc, &r, &latch, 1);
+  loop_end(cg, &ll);
+  if (lse_pass)  // the log of the sum, added to the maximum
+    store_at(cg, LLVMBuildFAdd(B, m, intrinsic1(cg, "llvm.log", acc), ""), dst, lo.iv);
+  else if (op == OP_MEAN)
+    store_at(cg, LLVMBuildFDiv(B, acc, LLVMBuildSIToFP(B, len, cg->f32, ""), ""), dst, lo.iv);
+  else
+    store_at(cg, acc, dst, lo.iv);
+  loop_end(cg, &lo);
+}
+
 static void gen_reduce(Cg *cg, int i, LLVMValueRef dst) {
   Fn *fn = cg->ir;
   Ins *ins = &fn->ins[i];
   LLVMBuilderRef B = cg->b;
   LLVMValueRef src = cg->buf[ins->arg[0]], outer, len, inner;
-  reduce_dims(cg, fn->ins[ins->arg[0]].shape, ins->axis, &outer, &len, &inner);
+  Shape as = fn->ins[ins->arg[0]].shape;
+  reduce_dims(cg, as, ins->axis, &outer, &len, &inner);
+  if (ins->axis < 0 || ins->axis == as.rank - 1) {  // contiguous: accumulate in registers
+    reduce_rows(cg, ins->op, src, dst, outer, len, false);
+    if (ins->op == OP_LSE)
+      reduce_rows(cg, ins->op, src, dst, outer, len, true);
+    return;
+  }
   LLVMValueRef cnt = numel(cg, ins->shape);
   bool is_max = ins->op == OP_RMAX || ins->op == OP_LSE;
   fill(cg, dst, cnt, cf32(cg, is_max ? -1.0 / 0.0 : 0));
@@ -517,6 +570,171 @@ static void gen_ins(Cg *cg, int i) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fusion: a run of consecutive elementwise instructions of one shape, whose tensor operands
+// all have that shape, becomes one loop. A value used only inside the run stays in a
+// register; one read later (or by the runtime: cg->keep) is also stored to its slot.
+
+static bool fusable(Fn *fn, int i, Shape *shape) {
+  Ins *ins = &fn->ins[i];
+  OpClass c = op_class[ins->op];
+  if (c != OC_UNARY && c != OC_BINARY && c != OC_SELECT && ins->op != OP_STORE)
+    return false;
+  for (int k = 0; k < op_nargs[ins->op]; k++) {
+    Shape a = fn->ins[ins->arg[k]].shape;
+    if (a.rank != 0 && !shape_eq(a, ins->shape))
+      return false;
+  }
+  *shape = ins->shape;
+  return true;
+}
+
+// A scalar instruction with no loop and no effects, none of whose operands is in the run.
+static bool hoistable(Fn *fn, int j, const int *members, int nm) {
+  Ins *ins = &fn->ins[j];
+  OpClass c = op_class[ins->op];
+  if (ins->shape.rank != 0 ||
+      !(c == OC_UNARY || c == OC_BINARY || c == OC_SELECT || ins->op == OP_INPUT || ins->op == OP_CONST))
+    return false;
+  for (int k = 0; k < op_nargs[ins->op]; k++)
+    for (int m = 0; m < nm; m++)
+      if (ins->arg[k] == members[m])
+        return false;
+  return true;
+}
+
+// The fused loop over members[0..nm) (in order); `end` is the first instruction after the run.
+static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *last_use) {
+  Fn *fn = cg->ir;
+  int from = members[0];
+  int *pos = arena_alloc(sizeof(int) * (size_t)(end - from));  // member index, or -1
+  for (int k = 0; k < end - from; k++)
+    pos[k] = -1;
+  for (int k = 0; k < nm; k++)
+    pos[members[k] - from] = k;
+#define MEMBER(a) ((a) >= from && pos[(a) - from] >= 0)
+  LLVMValueRef *val = arena_alloc(sizeof(LLVMValueRef) * (size_t)nm);
+  // scalar operands from outside the run are read once, before the loop
+  LLVMValueRef *sc = arena_alloc(sizeof(LLVMValueRef) * (size_t)(3 * nm));
+  for (int k = 0; k < nm; k++)
+    for (int q = 0; q < op_nargs[fn->ins[members[k]].op]; q++) {
+      int a = fn->ins[members[k]].arg[q];
+      if (!MEMBER(a) && is_scalar_val(cg, a))
+        sc[3 * k + q] = scalar(cg, a);
+    }
+  Loop l = loop_begin(cg, numel(cg, fn->ins[from].shape));
+  for (int k = 0; k < nm; k++) {
+    int m = members[k];
+    Ins *ins = &fn->ins[m];
+    LLVMValueRef v[3] = {0};
+    for (int q = 0; q < op_nargs[ins->op]; q++) {
+      int a = ins->arg[q];
+      v[q] = MEMBER(a) ? val[pos[a - from]] : sc[3 * k + q] ? sc[3 * k + q]
+                                                             : load_at(cg, cg->buf[a], l.iv);
+    }
+    val[k] = ins->op == OP_STORE ? v[0] : elementwise(cg, ins->op, v[0], v[1], v[2], ins->arg[1], fn);
+    if (ins->op == OP_STORE || last_use[m] >= end || cg->keep[m])
+      store_at(cg, val[k], cg->buf[m], l.iv);
+  }
+  loop_end(cg, &l);
+#undef MEMBER
+}
+
+// ---------------------------------------------------------------------------------------------
+// --profile: each kernel of the training step (an instruction with code, or a fused run) is
+// bracketed by the cycle counter; the runtime adds up the cycles per kernel.
+
+static LLVMValueRef read_cycles(Cg *cg) {
+  unsigned id = LLVMLookupIntrinsicID("llvm.readcyclecounter", 21);
+  LLVMValueRef f = LLVMGetIntrinsicDeclaration(cg->mod, id, NULL, 0);
+  return LLVMBuildCall2(cg->b, LLVMIntrinsicGetType(cg->ctx, id, NULL, 0), f, NULL, 0, "");
+}
+
+static LLVMValueRef profile_begin(Cg *cg) { return read_cycles(cg); }
+
+// Floating-point operations of one instruction: a fixed count and a count per sample.
+static void flops_of(Fn *fn, Ins *ins, double *fixed, double *per_row) {
+  Shape s = ins->shape;
+  double c = 1;
+  bool row = false;
+  if (ins->op == OP_MATMUL) {
+    Shape a = fn->ins[ins->arg[0]].shape;
+    int64_t k = ins->ta ? a.dim[0] : a.dim[1];
+    double m = s.dim[0] == DIM_N ? 1 : (double)s.dim[0], nn = s.dim[1] == DIM_N ? 1 : (double)s.dim[1];
+    double kk = k == DIM_N ? 1 : (double)k;
+    c = 2 * m * nn * kk;
+    row = s.dim[0] == DIM_N || s.dim[1] == DIM_N || k == DIM_N;
+  } else if (ins->op >= OP_CONV2D && ins->op <= OP_CONV2D_DW) {
+    Shape x = ins->op == OP_CONV2D_DX ? s : fn->ins[ins->arg[0]].shape;
+    Shape w = ins->op == OP_CONV2D_DW ? s : fn->ins[ins->arg[1]].shape;
+    int64_t oh = conv_out_size(x.dim[2], w.dim[2], ins->attr[0], ins->attr[1], ins->attr[2]);
+    int64_t ow = conv_out_size(x.dim[3], w.dim[3], ins->attr[0], ins->attr[1], ins->attr[2]);
+    c = 2.0 * (double)(w.dim[0] * w.dim[1] * w.dim[2] * w.dim[3] * oh * ow);
+    row = true;
+  } else {
+    Shape t = op_class[ins->op] == OC_REDUCE ? fn->ins[ins->arg[0]].shape : s;
+    for (int d = 0; d < t.rank; d++)
+      t.dim[d] == DIM_N ? (row = true) : (c *= (double)t.dim[d]);
+  }
+  *fixed = row ? 0 : c, *per_row = row ? c : 0;
+}
+
+static void profile_end(Cg *cg, LLVMValueRef t0, int from, int to) {
+  Fn *fn = cg->ir;
+  Prog *p = cg->p;
+  Ins *ins = &fn->ins[from];
+  if (ins->op == OP_INPUT || ins->op == OP_CONST || ins->op == OP_TENSOR || ins->op == OP_RESHAPE)
+    return;  // no code, nothing to time
+  if (p->nkernels == p->kernel_cap) {
+    int cap = p->kernel_cap ? 2 * p->kernel_cap : 128;
+    const char **nm = arena_alloc(sizeof(char *) * (size_t)cap);
+    double *f = arena_alloc(sizeof(double) * (size_t)cap), *r = arena_alloc(sizeof(double) * (size_t)cap);
+    if (p->nkernels) {
+      memcpy(nm, p->kernel_name, sizeof(char *) * (size_t)p->nkernels);
+      memcpy(f, p->kernel_flops, sizeof(double) * (size_t)p->nkernels);
+      memcpy(r, p->kernel_flops_per_row, sizeof(double) * (size_t)p->nkernels);
+    }
+    p->kernel_name = nm, p->kernel_flops = f, p->kernel_flops_per_row = r, p->kernel_cap = cap;
+  }
+  // its name: the op (or the fused ops), the layers involved, forward or backward
+  char name[256];
+  int len = 0;
+  const char *layers[2] = {0};
+  double fixed = 0, per_row = 0;
+  for (int m = from; m < to; m++) {
+    double a, b;
+    flops_of(fn, &fn->ins[m], &a, &b);
+    fixed += a, per_row += b;
+    const char *l = fn->ins[m].layer;
+    if (l && (!layers[0] || strcmp(layers[0], l)) && !layers[1])
+      layers[layers[0] ? 1 : 0] = l;
+    if (to - from == 1)
+      continue;
+    if (m == from)
+      len += snprintf(name + len, sizeof name - len, "fused ×%d: ", to - from);
+    if (m - from < 4)
+      len += snprintf(name + len, sizeof name - len, "%s%s", m > from ? ", " : "",
+                      op_names[fn->ins[m].op]);
+    else if (m - from == 4)
+      len += snprintf(name + len, sizeof name - len, ", …");
+  }
+  if (to - from == 1)
+    len += snprintf(name + len, sizeof name - len, "%s", op_names[ins->op]);
+  for (int k = 0; k < 2 && layers[k]; k++)
+    len += snprintf(name + len, sizeof name - len, "%s%s", k ? ", " : " (", layers[k]);
+  if (layers[0])
+    len += snprintf(name + len, sizeof name - len, ")");
+  snprintf(name + len, sizeof name - len, " %s %s",
+           from < fn->nfwd ? "forward" : ins->op == OP_STORE ? "update" : "backward",
+           shape_str(ins->shape));
+  int id = p->nkernels++;
+  p->kernel_name[id] = str_dup(name), p->kernel_flops[id] = fixed;
+  p->kernel_flops_per_row[id] = per_row;
+  LLVMValueRef dt = LLVMBuildSub(cg->b, read_cycles(cg), t0, "");
+  LLVMTypeRef pt[3] = {cg->ptr, cg->i32, cg->i64};
+  call(cg, "krt_profile", cg->vd, pt, 3, (LLVMValueRef[]){cg->run, LLVMConstInt(cg->i32, (unsigned)id, 0), dt});
+}
+
 // Sets up buffer pointers and immediate values, then emits every instruction in order.
 static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
   LLVMBuilderRef B = cg->b;
@@ -542,7 +760,14 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
       cg->scratch[i] = LLVMBuildLoad2(B, cg->ptr, LLVMBuildInBoundsGEP2(B, cg->ptr, slots, &idx, 1, ""), "");
     }
   }
-  for (int i = 0; i < ir->len; i++) {
+  // the last instruction that reads each value, for fusion
+  int *last_use = arena_alloc(sizeof(int) * (size_t)(ir->len + 1));
+  int *members = arena_alloc(sizeof(int) * (size_t)(ir->len + 1));
+  int *hoisted = arena_alloc(sizeof(int) * (size_t)(ir->len + 1));
+  for (int i = 0; i < ir->len; i++)
+    for (int k = 0; k < op_nargs[ir->ins[i].op]; k++)
+      last_use[ir->ins[i].arg[k]] = i;
+  for (int i = 0; i < ir->len;) {
     // The guard: before the first write to a weight, buffer or optimizer state, the
     // runtime looks at the loss and Σ g² and may discard the whole update.
     if (cg->guard && ir->ins[i].op == OP_STORE && (i == 0 || ir->ins[i - 1].op != OP_STORE)) {
@@ -558,7 +783,39 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
       LLVMBuildRetVoid(B);
       LLVMPositionBuilderAtEnd(B, commit);
     }
-    gen_ins(cg, i);
+    // A run to fuse: elementwise instructions of one shape; scalar arithmetic in between
+    // (a bias correction, a scheduled factor) is hoisted before the loop.
+    Shape shape, next;
+    int j = i + 1, nm = 1, nh = 0;
+    members[0] = i;
+    if (fusable(ir, i, &shape)) {
+      for (; j < ir->len; j++) {
+        Ins *in = &ir->ins[j];
+        if (cg->guard && in->op == OP_STORE && ir->ins[j - 1].op != OP_STORE)
+          break;  // the guard comes between the last computation and the first store
+        if (fusable(ir, j, &next) && shape_eq(next, shape)) {
+          members[nm++] = j;
+          continue;
+        }
+        if (shape.rank > 0 && hoistable(ir, j, members, nm)) {
+          hoisted[nh++] = j;
+          continue;
+        }
+        break;
+      }
+    }
+    LLVMValueRef t0 = cg->profile ? profile_begin(cg) : NULL;
+    for (int k = 0; k < nh; k++)
+      gen_ins(cg, hoisted[k]);
+    if (nm > 1) {
+      gen_fused(cg, members, nm, j, last_use);
+    } else {
+      j = i + 1;
+      gen_ins(cg, i);
+    }
+    if (t0)
+      profile_end(cg, t0, i, j);
+    i = j;
   }
 }
 
@@ -568,8 +825,18 @@ static LLVMValueRef gen_step(Cg *cg, const char *name, Fn *ir, int *slot, bool g
   LLVMPositionBuilderAtEnd(cg->b, LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "entry"));
   cg->n = LLVMGetParam(cg->fn, 1), cg->in = LLVMGetParam(cg->fn, 2), cg->seed = LLVMGetParam(cg->fn, 3);
   cg->run = LLVMGetParam(cg->fn, 4), cg->guard = guard;
+  cg->profile = guard && cg->p->profile;
+  cg->keep = arena_alloc(sizeof(bool) * (size_t)(ir->len + 1));
+  Prog *p = cg->p;
+  if (ir == p->train) {
+    cg->keep[p->train_loss] = cg->keep[p->train_out] = cg->keep[p->train_gsq] = true;
+    for (int k = 0; k < p->nprobes; k++)
+      cg->keep[p->probe_val[k]] = true;
+  } else {
+    cg->keep[p->eval_loss] = cg->keep[p->eval_out] = true;
+  }
   gen_body(cg, ir, slot, LLVMGetParam(cg->fn, 0));
-  cg->guard = false;
+  cg->guard = cg->profile = false;
   LLVMBuildRetVoid(cg->b);
   return cg->fn;
 }
@@ -579,6 +846,8 @@ static LLVMValueRef gen_schedule(Cg *cg, Prog *p) {
   cg->fn = LLVMAddFunction(cg->mod, "schedule", LLVMFunctionType(cg->f32, params, 2, 0));
   LLVMPositionBuilderAtEnd(cg->b, LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "entry"));
   cg->n = ci64(cg, 1), cg->in = LLVMGetParam(cg->fn, 1), cg->seed = ci64(cg, 0);
+  cg->keep = arena_alloc(sizeof(bool) * (size_t)(p->sched->len + 1));
+  cg->keep[p->sched_out] = true;
   gen_body(cg, p->sched, p->slot_sched, LLVMGetParam(cg->fn, 0));
   LLVMBuildRet(cg->b, scalar(cg, p->sched_out));
   return cg->fn;
@@ -638,11 +907,11 @@ static void gen_main(Cg *cg, Prog *p, LLVMValueRef train, LLVMValueRef eval, LLV
   LLVMValueRef X = slot_ptr(cg, slots, p->x_slot), Y = slot_ptr(cg, slots, p->y_slot);
   LLVMBasicBlockRef finish = LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "finish");
 
-  Loop le = loop_begin(cg, epochs);
+  Loop le = loop_from(cg, rt(cg, "krt_first_epoch", cg->i64, 1, &p1, &r), epochs);
   set_in(cg, in, IN_EPOCH, LLVMBuildSIToFP(B, le.iv, cg->f64, ""));
   LLVMValueRef nb = rt(cg, "krt_epoch_begin", cg->i64, 2, p2, (LLVMValueRef[]){r, le.iv});
   set_in(cg, in, IN_SPE, LLVMBuildSIToFP(B, nb, cg->f64, ""));
-  Loop lb = loop_begin(cg, nb);
+  Loop lb = loop_from(cg, rt(cg, "krt_first_batch", cg->i64, 1, &p1, &r), nb);
   LLVMValueRef n = rt(cg, "krt_train_batch", cg->i64, 4, p4, (LLVMValueRef[]){r, lb.iv, X, Y});
   LLVMValueRef step = rt(cg, "krt_step", cg->i64, 1, &p1, &r);
   set_in(cg, in, IN_STEP, LLVMBuildSIToFP(B, step, cg->f64, ""));
@@ -651,6 +920,10 @@ static void gen_main(Cg *cg, Prog *p, LLVMValueRef train, LLVMValueRef eval, LLV
   LLVMValueRef lr = LLVMBuildCall2(B, LLVMFunctionType(cg->f32, pl, 2, 0), sched, (LLVMValueRef[]){slots, in}, 2, "lr");
   lr = LLVMBuildFMul(B, lr, rt(cg, "krt_lr_scale", cg->f32, 1, &p1, &r), "");
   set_in(cg, in, IN_LR, LLVMBuildFPExt(B, lr, cg->f64, ""));
+  if (p->profile) {
+    LLVMTypeRef pb = cg->i64;
+    rt(cg, "krt_profile_batch", cg->vd, 1, &pb, &n);
+  }
   LLVMTypeRef ps[5] = {cg->ptr, cg->i64, cg->ptr, cg->i64, cg->ptr};
   LLVMBuildCall2(B, LLVMFunctionType(cg->vd, ps, 5, 0), train, (LLVMValueRef[]){slots, n, in, seed, r}, 5, "");
   LLVMValueRef loss = LLVMBuildLoad2(B, cg->f32, slot_ptr(cg, slots, p->slot_train[p->train_loss]), "");
@@ -674,7 +947,25 @@ static void gen_main(Cg *cg, Prog *p, LLVMValueRef train, LLVMValueRef eval, LLV
   LLVMBuildRetVoid(B);
 }
 
-void *cg_module(Prog *p, void *llvm_context) {
+// The program descriptor (program.c) as the string `keel_program`, and for a built trainer
+// `int main(argc, argv)`, which hands everything to the runtime's trainer command line.
+static void gen_descriptor(Cg *cg, Prog *p, LLVMValueRef main_fn, LLVMValueRef eval, bool trainer) {
+  const char *json = program_json(p, p->summary);
+  LLVMValueRef text = LLVMConstStringInContext(cg->ctx, json, (unsigned)strlen(json), 0);
+  LLVMValueRef g = LLVMAddGlobal(cg->mod, LLVMTypeOf(text), "keel_program");
+  LLVMSetInitializer(g, text);
+  LLVMSetGlobalConstant(g, 1);
+  if (!trainer)
+    return;
+  LLVMTypeRef params[2] = {cg->i32, cg->ptr};
+  cg->fn = LLVMAddFunction(cg->mod, "main", LLVMFunctionType(cg->i32, params, 2, 0));
+  LLVMPositionBuilderAtEnd(cg->b, LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "entry"));
+  LLVMTypeRef pt[5] = {cg->ptr, cg->ptr, cg->ptr, cg->i32, cg->ptr};
+  LLVMValueRef args[5] = {g, main_fn, eval, LLVMGetParam(cg->fn, 0), LLVMGetParam(cg->fn, 1)};
+  LLVMBuildRet(cg->b, call(cg, "krt_trainer_main", cg->i32, pt, 5, args));
+}
+
+void *cg_module(Prog *p, void *llvm_context, bool trainer) {
   Cg cg = {.ctx = llvm_context, .p = p};
   cg.mod = LLVMModuleCreateWithNameInContext(p->model_name, cg.ctx);
   cg.b = LLVMCreateBuilderInContext(cg.ctx);
@@ -685,6 +976,7 @@ void *cg_module(Prog *p, void *llvm_context) {
   LLVMValueRef eval = gen_step(&cg, "eval_step", p->eval, p->slot_eval, false);
   LLVMValueRef sched = gen_schedule(&cg, p);
   gen_main(&cg, p, train, eval, sched);
+  gen_descriptor(&cg, p, LLVMGetNamedFunction(cg.mod, "keel_main"), eval, trainer);
   LLVMDisposeBuilder(cg.b);
   return cg.mod;
 }

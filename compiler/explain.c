@@ -183,6 +183,11 @@ static const char *layer_text(Prog *p, int i) {
 // What feeds layer i: "after dense1 (256 units)" or "on the input (784 values)".
 static const char *feeder(Prog *p, int i, const char *noun) {
   int64_t k = shape_numel(p->layers[i].in, 1);
+  Shape in = p->layers[i].in;
+  if (in.rank == 4)  // images: channels of height × width
+    return str_fmt("%s%s (%lld channels of %lld" NB "×" NB "%lld)", i ? "after " : "on the input",
+                   i ? p->layers[i - 1].name : "", (long long)in.dim[1], (long long)in.dim[2],
+                   (long long)in.dim[3]);
   if (i == 0)
     return str_fmt("on the input (%lld values)", (long long)k);
   return str_fmt("after %s (%lld %s)", p->layers[i - 1].name, (long long)k, noun);
@@ -249,6 +254,21 @@ static void explain_batchnorm(Explain *e, Prog *p, int i) {
   LayerInfo *l = &p->layers[i];
   double m = arg_value(l->args, l->nargs, "momentum", 0.1);
   int64_t f = l->in.rank >= 2 ? l->in.dim[1] : 1;
+  if (l->in.rank == 4) {  // images: per channel, over the batch and every pixel
+    paragraph(e, str_fmt(
+        "%s %s, batch %lld: in training it shifts and scales each of the %lld channels to "
+        "mean 0 and variance 1 over the current batch, all %lld" NB "×" NB "%lld" NB "×" NB
+        "%lld of that channel's values, then applies a trained scale and shift per channel, "
+        "which keeps the next layer's inputs in a steady range while the weights before it "
+        "change. It also keeps running averages of each channel's mean and variance (each "
+        "step moves them %s of the way, momentum=%s); evaluation uses these instead of batch "
+        "statistics, so an image's prediction does not depend on the other images in its "
+        "batch.",
+        layer_text(p, i), feeder(p, i, "channels"), (long long)p->batch, (long long)f,
+        (long long)p->batch, (long long)l->in.dim[2], (long long)l->in.dim[3], percent(m),
+        num(m)));
+    return;
+  }
   paragraph(e, str_fmt(
       "%s %s, batch %lld: in training it shifts and scales each of the %lld features to "
       "mean 0 and variance 1 over the current batch of %lld samples, then applies a trained "

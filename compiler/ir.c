@@ -155,6 +155,15 @@ static bool is_const_val(Fn *fn, int v, double want) {
   return ir_is_const(fn, v, &x) && x == want;
 }
 
+// "a" or "an" before a number as it is read aloud: an 8x8 image, an 11x11 kernel.
+static const char *article(int64_t n) {
+  char d[24];
+  snprintf(d, sizeof d, "%lld", (long long)n);
+  size_t len = strlen(d);
+  bool eleven = (d[0] == '1' && (d[1] == '1' || d[1] == '8') && (len == 2 || len == 5));
+  return d[0] == '8' || eleven ? "an" : "a";
+}
+
 // Computes ins->shape from the arguments; reports shape errors at ins->pos.
 static void infer_shape(Fn *fn, Ins *ins) {
   Shape a = ins->arg[0] >= 0 && op_nargs[ins->op] > 0 ? fn->ins[ins->arg[0]].shape : (Shape){0};
@@ -248,18 +257,26 @@ static void infer_shape(Fn *fn, Ins *ins) {
       die("pickgrad: bad shapes %s → %s", shape_str(a), shape_str(ins->shape));
     return;
   case OP_CONV2D: {
+    if (a.rank == 2 && b.rank == 4)
+      error_at(ins->pos, "conv2d needs images [n, channels, height, width], got %s; declare "
+                         "the network's input as an image, e.g. 'input 1x28x28' (channels x "
+                         "height x width), or put conv before any flatten or dense layer",
+               shape_str(a));
     if (a.rank != 4 || b.rank != 4)
       error_at(ins->pos, "conv2d needs images [n, channels, height, width] and a weight "
                          "[out, in, kh, kw], got %s and %s", shape_str(a), shape_str(b));
     if (a.dim[1] != b.dim[1])
-      error_at(ins->pos, "conv2d: the input has %lld channels but the weight expects %lld",
-               (long long)a.dim[1], (long long)b.dim[1]);
+      error_at(ins->pos, "conv2d: the input has %lld channel%s but the weight %s expects %lld "
+               "(its second dimension; writing it as 'in' makes it follow the input)",
+               (long long)a.dim[1], a.dim[1] == 1 ? "" : "s", shape_str(b), (long long)b.dim[1]);
     int64_t oh = conv_out_size(a.dim[2], b.dim[2], ins->attr[0], ins->attr[1], ins->attr[2]);
     int64_t ow = conv_out_size(a.dim[3], b.dim[3], ins->attr[0], ins->attr[1], ins->attr[2]);
     if (oh < 1 || ow < 1)
-      error_at(ins->pos, "conv2d: a %lldx%lld kernel does not fit a %lldx%lld image with "
-               "padding %d", (long long)b.dim[2], (long long)b.dim[3], (long long)a.dim[2],
-               (long long)a.dim[3], ins->attr[1]);
+      error_at(ins->pos, "conv2d: %s %lldx%lld kernel%s does not fit %s %lldx%lld image with "
+               "padding %d; use a smaller kernel or more padding", article(b.dim[2]),
+               (long long)b.dim[2],
+               (long long)b.dim[3], ins->attr[2] > 1 ? str_fmt(" with dilation %d", ins->attr[2]) : "",
+               article(a.dim[2]), (long long)a.dim[2], (long long)a.dim[3], ins->attr[1]);
     ins->shape = shape_make(4, a.dim[0], b.dim[0], oh, ow);
     return;
   }
@@ -285,8 +302,10 @@ static void infer_shape(Fn *fn, Ins *ins) {
     int64_t oh = conv_out_size(a.dim[2], ins->attr[0], ins->attr[1], ins->attr[2], 1);
     int64_t ow = conv_out_size(a.dim[3], ins->attr[0], ins->attr[1], ins->attr[2], 1);
     if (oh < 1 || ow < 1)
-      error_at(ins->pos, "pooling: a window of %d does not fit a %lldx%lld image", ins->attr[0],
-               (long long)a.dim[2], (long long)a.dim[3]);
+      error_at(ins->pos, "pooling: a window of %d does not fit %s %lldx%lld image; use a "
+               "window of at most %lld", ins->attr[0],
+               article(a.dim[2]), (long long)a.dim[2], (long long)a.dim[3],
+               (long long)(a.dim[2] < a.dim[3] ? a.dim[2] : a.dim[3]) + 2 * ins->attr[2]);
     ins->shape = shape_make(4, a.dim[0], a.dim[1], oh, ow);
     return;
   }
@@ -430,7 +449,8 @@ int ir_matmul(Fn *fn, int a, int b, int ta, int tb) {
 }
 
 int64_t conv_out_size(int64_t size, int64_t window, int stride, int pad, int dilation) {
-  return (size + 2 * pad - (int64_t)dilation * (window - 1) - 1) / stride + 1;
+  int64_t span = size + 2 * pad - (int64_t)dilation * (window - 1) - 1;
+  return span < 0 ? 0 : span / stride + 1;  // 0: the window does not fit
 }
 
 int ir_conv2d(Fn *fn, int x, int w, int stride, int pad, int dilation) {

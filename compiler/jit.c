@@ -1,26 +1,29 @@
-// jit.c — optimize the generated module for this CPU and run it under ORC LLJIT.
+// jit.c — the generated module, optimized for a target and run in-process (ORC LLJIT) or
+// written out and linked into a standalone trainer (keel build).
 //
-// The module is optimized with the `default<O3>` pipeline on a TargetMachine for the host
-// CPU and its features (otherwise the loop vectorizer targets SSE2 only), and LLJIT is given
-// a host-detected JITTargetMachineBuilder so its code generation agrees with the optimizer.
-// The generated code calls the runtime (krt_*), OpenBLAS and libm; LLJIT finds them in the
-// keel process itself (linked with -rdynamic).
+// Both ways go through one TargetMachine: the host CPU and its features unless --target says
+// otherwise (for the host, the loop vectorizer would otherwise aim at SSE2 only), and the same
+// `default<O3>` pipeline. LLJIT is given a JITTargetMachineBuilder made from that very
+// TargetMachine, so the JIT and a built trainer execute the same instructions and train to
+// byte-identical weights. The generated code calls the runtime (krt_*), OpenBLAS and libm;
+// LLJIT finds them in the keel process itself (linked with -rdynamic), a trainer links them.
 
 #include "keel.h"
 
+#include <llvm-c/Analysis.h>
 #include <llvm-c/Core.h>
 #include <llvm-c/Error.h>
 #include <llvm-c/LLJIT.h>
 #include <llvm-c/Orc.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/TargetMachine.h>
-#include <llvm-c/Analysis.h>
 #include <llvm-c/Transforms/PassBuilder.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 struct KeelJit {
   LLVMOrcLLJITRef jit;
-  KeelMain *main;
 };
 
 static _Noreturn void llvm_fail(const char *what, LLVMErrorRef err) {
@@ -28,38 +31,57 @@ static _Noreturn void llvm_fail(const char *what, LLVMErrorRef err) {
   die("%s: %s", what, msg);
 }
 
-static LLVMTargetMachineRef host_machine(void) {
-  char *triple = LLVMGetDefaultTargetTriple(), *err = NULL;
+// The machine code target: the host (its CPU and features), or another triple with a
+// generic CPU (keel build --target).
+static LLVMTargetMachineRef target_machine(const char *triple_or_null) {
+  LLVMInitializeAllTargetInfos();
+  LLVMInitializeAllTargets();
+  LLVMInitializeAllTargetMCs();
+  LLVMInitializeAllAsmPrinters();
+  char *triple = triple_or_null ? LLVMNormalizeTargetTriple(triple_or_null)
+                                : LLVMGetDefaultTargetTriple();
+  char *err = NULL;
   LLVMTargetRef target;
   if (LLVMGetTargetFromTriple(triple, &target, &err))
-    die("no LLVM target for %s: %s", triple, err);
-  char *cpu = LLVMGetHostCPUName(), *features = LLVMGetHostCPUFeatures();
+    fatal("unknown target '%s': %s", triple, err);
+  char *cpu = triple_or_null ? strdup("generic") : LLVMGetHostCPUName();
+  char *features = triple_or_null ? strdup("") : LLVMGetHostCPUFeatures();
   LLVMTargetMachineRef tm = LLVMCreateTargetMachine(target, triple, cpu, features,
                                                     LLVMCodeGenLevelAggressive, LLVMRelocPIC,
-                                                    LLVMCodeModelJITDefault);
-  LLVMDisposeMessage(triple), LLVMDisposeMessage(cpu), LLVMDisposeMessage(features);
+                                                    LLVMCodeModelDefault);
+  LLVMDisposeMessage(triple);
+  free(cpu), free(features);
+  if (!tm)
+    fatal("cannot create a target machine for '%s'", triple_or_null);
   return tm;
 }
 
-KeelJit *jit_compile(Prog *p, bool print_llvm, FILE *out) {
-  LLVMInitializeNativeTarget();
-  LLVMInitializeNativeAsmPrinter();
-  cg_plan_slots(p);
+// The summary a trainer prints for --help: the keel check table.
+static void set_summary(Prog *p) {
+  char *text;
+  size_t len;
+  FILE *f = open_memstream(&text, &len);
+  check_table(f, p);
+  fclose(f);
+  p->summary = str_dup(text);
+  free(text);
+}
 
-  LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
-  LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
-  LLVMModuleRef mod = cg_module(p, ctx);
+static LLVMModuleRef build_module(Prog *p, LLVMContextRef ctx, LLVMTargetMachineRef tm,
+                                  bool trainer) {
+  cg_plan_slots(p);
+  set_summary(p);
+  LLVMModuleRef mod = cg_module(p, ctx, trainer);
   char *msg = NULL;
   if (LLVMVerifyModule(mod, LLVMReturnStatusAction, &msg))
     die("the generated module is invalid: %s", msg);
   LLVMDisposeMessage(msg);
-
-  LLVMTargetMachineRef tm = host_machine();
   char *triple = LLVMGetTargetMachineTriple(tm);
   LLVMSetTarget(mod, triple);
   LLVMDisposeMessage(triple);
   LLVMTargetDataRef layout = LLVMCreateTargetDataLayout(tm);
   LLVMSetModuleDataLayout(mod, layout);
+  LLVMDisposeTargetData(layout);
   LLVMPassBuilderOptionsRef opts = LLVMCreatePassBuilderOptions();
   LLVMPassBuilderOptionsSetLoopVectorization(opts, 1);
   LLVMPassBuilderOptionsSetSLPVectorization(opts, 1);
@@ -67,24 +89,29 @@ KeelJit *jit_compile(Prog *p, bool print_llvm, FILE *out) {
   if (err)
     llvm_fail("optimizing", err);
   LLVMDisposePassBuilderOptions(opts);
-  LLVMDisposeTargetData(layout);
-  LLVMDisposeTargetMachine(tm);
+  return mod;
+}
 
+KeelJit *jit_compile(Prog *p, bool print_llvm, FILE *out) {
+  LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
+  LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
+  LLVMTargetMachineRef tm = target_machine(NULL);
+  LLVMModuleRef mod = build_module(p, ctx, tm, false);
   if (print_llvm) {
     char *text = LLVMPrintModuleToString(mod);
     fputs(text, out);
     LLVMDisposeMessage(text);
     LLVMDisposeModule(mod);
+    LLVMDisposeTargetMachine(tm);
     LLVMOrcDisposeThreadSafeContext(tsc);
     return NULL;
   }
-
   LLVMOrcLLJITBuilderRef builder = LLVMOrcCreateLLJITBuilder();
-  LLVMOrcJITTargetMachineBuilderRef jtmb;
-  if ((err = LLVMOrcJITTargetMachineBuilderDetectHost(&jtmb)))
-    llvm_fail("detecting the host", err);
-  LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(builder, jtmb);
+  // the JIT compiles with the very TargetMachine the optimizer used (it takes ownership)
+  LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(
+      builder, LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm));
   KeelJit *j = calloc(1, sizeof *j);
+  LLVMErrorRef err;
   if ((err = LLVMOrcCreateLLJIT(&j->jit, builder)))
     llvm_fail("creating the JIT", err);
   LLVMOrcDefinitionGeneratorRef gen;
@@ -97,21 +124,15 @@ KeelJit *jit_compile(Prog *p, bool print_llvm, FILE *out) {
   if ((err = LLVMOrcLLJITAddLLVMIRModule(j->jit, dylib, tsm)))
     llvm_fail("adding the module", err);
   LLVMOrcDisposeThreadSafeContext(tsc);
-  LLVMOrcExecutorAddress addr;
-  if ((err = LLVMOrcLLJITLookup(j->jit, &addr, "keel_main")))
-    llvm_fail("looking up keel_main", err);
-  j->main = (KeelMain *)(uintptr_t)addr;
   return j;
 }
 
-KeelMain *jit_main(KeelJit *j) { return j->main; }
-
-KeelSchedule *jit_schedule(KeelJit *j) {
+void *jit_symbol(KeelJit *j, const char *name) {
   LLVMOrcExecutorAddress addr;
-  LLVMErrorRef err = LLVMOrcLLJITLookup(j->jit, &addr, "schedule");
+  LLVMErrorRef err = LLVMOrcLLJITLookup(j->jit, &addr, name);
   if (err)
-    llvm_fail("looking up schedule", err);
-  return (KeelSchedule *)(uintptr_t)addr;
+    llvm_fail(str_fmt("looking up %s", name), err);
+  return (void *)(uintptr_t)addr;
 }
 
 void jit_free(KeelJit *j) {
@@ -119,4 +140,64 @@ void jit_free(KeelJit *j) {
     return;
   LLVMOrcDisposeLLJIT(j->jit);
   free(j);
+}
+
+// ---------------------------------------------------------------------------------------------
+// keel build
+
+// The folder keel runs from (where make put libkeelrt.a next to it).
+static char *exe_dir(void) {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0)
+    return str_dup(".");
+  buf[n] = 0;
+  char *slash = strrchr(buf, '/');
+  return slash ? str_ndup(buf, (size_t)(slash - buf)) : str_dup(".");
+}
+
+int aot_build(Prog *p, const char *out, const char *emit, const char *triple) {
+  LLVMContextRef ctx = LLVMContextCreate();
+  LLVMTargetMachineRef tm = target_machine(triple);
+  LLVMModuleRef mod = build_module(p, ctx, tm, true);
+  char *err = NULL;
+  if (emit && !strcmp(emit, "llvm")) {
+    if (LLVMPrintModuleToFile(mod, out, &err))
+      fatal("cannot write '%s': %s", out, err);
+    return 0;
+  }
+  bool link = !emit;
+  const char *obj = link ? str_fmt("%s.o.tmp.%d", out, (int)getpid()) : out;
+  LLVMCodeGenFileType kind = emit && !strcmp(emit, "asm") ? LLVMAssemblyFile : LLVMObjectFile;
+  if (LLVMTargetMachineEmitToFile(tm, mod, (char *)obj, kind, &err))
+    fatal("cannot write '%s': %s", obj, err);
+  LLVMDisposeModule(mod);
+  LLVMDisposeTargetMachine(tm);
+  LLVMContextDispose(ctx);
+  if (!link)
+    return 0;
+  if (triple) {
+    remove(obj);
+    fatal("linking for --target %s needs that target's toolchain; use --emit obj", triple);
+  }
+  // link with the runtime library and what it needs, into a temporary name, then rename:
+  // nothing half-written is left at `out`
+  const char *lib = str_fmt("%s/libkeelrt.a", exe_dir());
+  if (access(lib, R_OK) != 0)
+    fatal("cannot find the runtime library %s (build keel with make)", lib);
+  const char *tmp = str_fmt("%s.tmp.%d", out, (int)getpid());
+  const char *cc = getenv("CC") ? getenv("CC") : "cc";
+  const char *cmd = str_fmt("%s -o '%s' '%s' '%s' -lopenblas -lz -lcjson -lm -lpthread", cc, tmp,
+                            obj, lib);
+  int status = system(cmd);
+  remove(obj);
+  if (status != 0) {
+    remove(tmp);
+    fatal("linking the trainer failed: %s", cmd);
+  }
+  if (rename(tmp, out) != 0) {
+    remove(tmp);
+    fatal("cannot write '%s'", out);
+  }
+  return 0;
 }

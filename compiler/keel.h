@@ -374,6 +374,12 @@ typedef struct Prog {
   LayerInfo *layers;
   int nlayers;
   int64_t nparams;
+  const char *summary;       // the `keel check` table, for a trainer's --help
+  // keel run --profile: the training step's kernels, timed by the generated code
+  bool profile;
+  int nkernels, kernel_cap;
+  const char **kernel_name;
+  double *kernel_flops, *kernel_flops_per_row;
 } Prog;
 
 // Command-line overrides; a negative value (or NULL) means "as the script says".
@@ -387,6 +393,7 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
 // program.c — the descriptor the runtime reads (JSON, stored in the module as keel_program)
 
 char *program_json(Prog *p, const char *summary);
+void check_table(FILE *out, Prog *p);  // the layer table of `keel check`
 
 // ---------------------------------------------------------------------------------------------
 // lint.c, explain.c — the safety lints and `keel explain`
@@ -410,23 +417,21 @@ extern const int stdlib_count;
 // ---------------------------------------------------------------------------------------------
 // codegen.c, jit.c — LLVM
 
-// The generated entry point: the whole training run (epochs, batches, evaluation).
-//   void keel_main(KrtRun *run, float **slots, uint64_t seed)
-typedef void KeelMain(void *run, float **slots, uint64_t seed);
-
 typedef struct KeelJit KeelJit;
 // Plans the slots of p, builds the LLVM module, optimizes it for the host CPU, and (unless
 // print_llvm, which prints the optimized module to out instead) hands it to ORC LLJIT.
 KeelJit *jit_compile(Prog *p, bool print_llvm, FILE *out);
-KeelMain *jit_main(KeelJit *j);
-// The generated learning-rate function: in[] holds the InputKind scalars (as doubles).
-typedef float KeelSchedule(float **slots, const double *in);
-KeelSchedule *jit_schedule(KeelJit *j);
+// The address of a symbol of the module: keel_main, eval_step, schedule, keel_program.
+void *jit_symbol(KeelJit *j, const char *name);
 void jit_free(KeelJit *j);
+// keel build: the same module, with `main`, for the host (or --target TRIPLE), written as an
+// executable linked with the runtime (emit NULL), or as "obj", "asm" or "llvm" text.
+int aot_build(Prog *p, const char *out, const char *emit, const char *triple);
 
 // codegen.c: the module, in the given LLVM context (an LLVMContextRef and LLVMModuleRef,
 // passed as void * so that only codegen.c and jit.c include the LLVM headers).
 void cg_plan_slots(Prog *p);
-void *cg_module(Prog *p, void *llvm_context);
+// trainer: also emit `main`, for a standalone trainer executable (keel build)
+void *cg_module(Prog *p, void *llvm_context, bool trainer);
 
 #endif

@@ -15,6 +15,7 @@
 #include "keelrt.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -423,6 +424,8 @@ static int lower_image_call(Lower *L, Env *env, Node *e) {
 
 static int lower_call(Lower *L, Env *env, Node *e) {
   Fn *fn = L->fn;
+  if (!strcmp(e->name, "conv2d") || !strcmp(e->name, "maxpool") || !strcmp(e->name, "avgpool"))
+    return lower_image_call(L, env, e);
   Node *pos[4], *axis = NULL, *keep = NULL;
   int np = 0;
   for (Node *a = e->args; a; a = a->next) {
@@ -490,8 +493,6 @@ static int lower_call(Lower *L, Env *env, Node *e) {
     error_at(keep->pos, "'%s' has no argument 'keep'", f);
   if (axis)
     error_at(axis->pos, "'%s' has no argument 'axis'", f);
-  if (!strcmp(f, "conv2d") || !strcmp(f, "maxpool") || !strcmp(f, "avgpool"))
-    return lower_image_call(L, env, e);
   // per-feature statistics: axis 1 holds the features of [n, f] or the channels of
   // [n, c, h, w]; batchnorm is written with these
   if (!strcmp(f, "feature_mean") || !strcmp(f, "feature_count")) {
@@ -878,8 +879,10 @@ static const char *resolve_data(Prog *p, Node *a) {
   if (!found)
     error_at(a->pos, "cannot find data file '%s' (looked next to the script, in "
                      "$KEEL_DATA_PATH and in /usr/share/datasets)", a->name);
-  char *r = str_dup(found);
-  free(found);
+  // absolute, so that a built trainer finds the file from any folder on this machine
+  char *abs = realpath(found, NULL);
+  char *r = str_dup(abs ? abs : found);
+  free(found), free(abs);
   return r;
 }
 
@@ -1386,7 +1389,8 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
   int out = lower_forward(L, x, true);
   p->out_shape = p->train->ins[out].shape;
   if (p->out_shape.rank != 2 || p->out_shape.dim[0] != DIM_N)
-    error_at(net->pos, "the network's output has shape %s; a loss needs [n, outputs]",
+    error_at(net->pos, "the network's output has shape %s; a loss needs [n, outputs]: end "
+             "the network with 'layer flatten' (or 'global_avgpool') and 'layer dense OUTPUTS'",
              shape_str(p->out_shape));
   p->y_shape = p->classify ? shape_make(1, DIM_N) : p->out_shape;
   int loss = lower_loss(L, lossdef, largs, loss_line, out);

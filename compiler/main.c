@@ -1,12 +1,17 @@
 // main.c — the `keel` command: the pipeline as a flat list of stage calls.
 //
 //   keel run FILE [flags]      compile the script and train it through the JIT
+//   keel build FILE -o OUT     the same program as a standalone trainer executable
+//   keel predict FILE --weights W INPUT   predictions through the JIT
 //   keel check FILE            the layer table: output shapes and parameter counts
 //   keel explain FILE          the script's safety mechanisms in plain language
 //   keel schedule FILE         the learning rate of every step, as CSV
 //   keel emit ast|ir|llvm FILE print a stage's output
 //
-// Exit status: 0 on success, 1 on a script, data or command-line error.
+// Training and prediction go through the runtime's session (runtime/session.c), which reads
+// the program descriptor the module carries — exactly as a built trainer does.
+// Exit status: 0 on success, 1 on a script, data or command-line error, 3 when the
+// divergence guard stopped training, 130 when interrupted.
 
 #include "keel.h"
 #include "keelrt.h"
@@ -17,6 +22,10 @@
 
 static const char usage[] =
     "usage: keel run FILE [options]     train the network of a .nn script (JIT)\n"
+    "       keel build FILE -o OUT [--emit obj|asm|llvm] [--target TRIPLE]\n"
+    "                                   a standalone trainer executable (OUT --help)\n"
+    "       keel predict FILE --weights W INPUT [--out CSV]\n"
+    "                                   predictions for IDX images or CSV rows\n"
     "       keel check FILE             show its layers, output shapes and parameter counts\n"
     "       keel explain FILE           what each safety mechanism of the script does\n"
     "       keel schedule FILE [options] print the learning rate at every step (CSV)\n"
@@ -31,17 +40,21 @@ static const char usage[] =
     "  --seed S        seed of initialisation, shuffling and dropout\n"
     "  --threads T     threads for matrix products (default 1; results are bit-identical\n"
     "                  for the same seed and thread count)\n"
-    "  --out DIR       where to write report.json, metrics.csv and final.safetensors\n"
-    "                  (default runs/<script name>/)\n"
+    "  --out DIR       where to write report.json, metrics.csv, final.safetensors and the\n"
+    "                  last.safetensors checkpoint (default runs/<script name>/)\n"
     "  --init FILE     start from the weights in a safetensors file\n"
+    "  --resume FILE   continue an interrupted run from its last.safetensors\n"
     "  --no-shuffle    keep the training data in file order\n"
-    "  --Werror        treat the safety lints' warnings as errors (also for keel check)\n";
+    "  --Werror        treat the safety lints' warnings as errors (also for keel check)\n"
+    "  --profile       time every kernel of the training step; print a table of where the\n"
+    "                  time goes (and write profile.csv)\n";
 
 typedef struct {
-  const char *cmd, *what, *file, *out, *init;
+  const char *cmd, *what, *file, *out, *init, *resume, *output, *emit, *target, *weights,
+      *input;
   Overrides ov;
   int threads;
-  bool no_shuffle, werror;
+  bool no_shuffle, werror, profile;
 } Args;
 
 static int64_t int_flag(const char *flag, const char *v, int64_t min) {
@@ -54,6 +67,29 @@ static int64_t int_flag(const char *flag, const char *v, int64_t min) {
   return x;
 }
 
+static bool is(const char *a, const char *b) { return !strcmp(a, b); }
+
+// Which flags each command takes ("*" = the training flags of run).
+static bool takes(const char *cmd, const char *flag) {
+  static const char *train[] = {"--epochs", "--steps", "--batch", "--seed", "--threads",
+                                "--out", "--init", "--resume", "--no-shuffle", "--Werror",
+                                "--profile"};
+  if (is(cmd, "run") || is(cmd, "schedule")) {
+    for (size_t i = 0; i < sizeof train / sizeof *train; i++)
+      if (is(flag, train[i]))
+        return true;
+    return false;
+  }
+  if (is(cmd, "check"))
+    return is(flag, "--Werror");
+  if (is(cmd, "build"))
+    return is(flag, "-o") || is(flag, "--emit") || is(flag, "--target") || is(flag, "--batch");
+  if (is(cmd, "predict"))
+    return is(flag, "--weights") || is(flag, "--out") || is(flag, "--batch") ||
+           is(flag, "--threads");
+  return false;
+}
+
 static Args parse_args(int argc, char **argv) {
   Args a = {.ov = {-1, -1, -1, -1}, .threads = 1};
   if (argc < 2) {
@@ -61,68 +97,83 @@ static Args parse_args(int argc, char **argv) {
     exit(1);
   }
   a.cmd = argv[1];
-  if (!strcmp(a.cmd, "--help") || !strcmp(a.cmd, "-h")) {
+  if (is(a.cmd, "--help") || is(a.cmd, "-h")) {
     fputs(usage, stdout);
     exit(0);
   }
-  if (!strcmp(a.cmd, "--version")) {
+  if (is(a.cmd, "--version")) {
     printf("keel %s\n", KEEL_VERSION);
     exit(0);
   }
-  if (strcmp(a.cmd, "run") && strcmp(a.cmd, "check") && strcmp(a.cmd, "emit") &&
-      strcmp(a.cmd, "schedule") && strcmp(a.cmd, "explain"))
+  static const char *cmds[] = {"run", "build", "predict", "check", "explain", "schedule", "emit"};
+  bool known = false;
+  for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
+    known |= is(a.cmd, cmds[i]);
+  if (!known)
     fatal("unknown command '%s' (try keel --help)", a.cmd);
   int i = 2;
-  if (!strcmp(a.cmd, "emit")) {
-    if (i >= argc || (strcmp(argv[i], "ast") && strcmp(argv[i], "ir") && strcmp(argv[i], "llvm")))
+  if (is(a.cmd, "emit")) {
+    if (i >= argc || (!is(argv[i], "ast") && !is(argv[i], "ir") && !is(argv[i], "llvm")))
       fatal("keel emit needs ast, ir or llvm");
     a.what = argv[i++];
   }
   for (; i < argc; i++) {
     const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (f[0] != '-' || !f[1]) {
-      if (a.file)
-        fatal("more than one script: '%s' and '%s'", a.file, f);
-      a.file = f;
+      if (!a.file)
+        a.file = f;
+      else if (is(a.cmd, "predict") && !a.input)
+        a.input = f;
+      else
+        fatal("unexpected argument '%s'", f);
       continue;
     }
-    if (strcmp(a.cmd, "run") && strcmp(a.cmd, "schedule") && strcmp(f, "--help") &&
-        !(!strcmp(a.cmd, "check") && !strcmp(f, "--Werror")))
-      fatal("unknown option '%s' for keel %s", f, a.cmd);
-    if (!strcmp(f, "--help")) {
+    if (is(f, "--help")) {
       fputs(usage, stdout);
       exit(0);
-    } else if (!strcmp(f, "--Werror")) {
+    }
+    if (!takes(a.cmd, f))
+      fatal("unknown option '%s' for keel %s (try keel --help)", f, a.cmd);
+    if (is(f, "--Werror")) {
       a.werror = true;
       continue;
-    } else if (!strcmp(f, "--no-shuffle")) {
+    }
+    if (is(f, "--no-shuffle")) {
       a.no_shuffle = true;
       continue;
-    } else if (!strcmp(f, "--epochs")) {
-      a.ov.epochs = int_flag(f, v, 0);
-    } else if (!strcmp(f, "--steps")) {
-      a.ov.steps = int_flag(f, v, 1);
-    } else if (!strcmp(f, "--batch")) {
-      a.ov.batch = int_flag(f, v, 1);
-    } else if (!strcmp(f, "--seed")) {
-      a.ov.seed = int_flag(f, v, 0);
-    } else if (!strcmp(f, "--threads")) {
-      a.threads = (int)int_flag(f, v, 1);
-    } else if (!strcmp(f, "--out")) {
-      if (!v)
-        fatal("--out needs a folder");
-      a.out = v;
-    } else if (!strcmp(f, "--init")) {
-      if (!v)
-        fatal("--init needs a safetensors file");
-      a.init = v;
-    } else {
-      fatal("unknown option '%s' (try keel --help)", f);
     }
+    if (is(f, "--profile")) {
+      a.profile = true;
+      continue;
+    }
+    if (!v)
+      fatal("%s needs a value", f);
+    if (is(f, "--epochs")) a.ov.epochs = int_flag(f, v, 0);
+    else if (is(f, "--steps")) a.ov.steps = int_flag(f, v, 1);
+    else if (is(f, "--batch")) a.ov.batch = int_flag(f, v, 1);
+    else if (is(f, "--seed")) a.ov.seed = int_flag(f, v, 0);
+    else if (is(f, "--threads")) a.threads = (int)int_flag(f, v, 1);
+    else if (is(f, "--out")) a.out = v;
+    else if (is(f, "--init")) a.init = v;
+    else if (is(f, "--resume")) a.resume = v;
+    else if (is(f, "-o")) a.output = v;
+    else if (is(f, "--emit")) {
+      if (!is(v, "obj") && !is(v, "asm") && !is(v, "llvm"))
+        fatal("--emit takes obj, asm or llvm, not '%s'", v);
+      a.emit = v;
+    } else if (is(f, "--target")) a.target = v;
+    else if (is(f, "--weights")) a.weights = v;
     i++;
   }
   if (!a.file)
     fatal("keel %s needs a .nn script", a.cmd);
+  if (is(a.cmd, "build") && !a.output)
+    fatal("keel build needs -o OUT, the file to write");
+  if (a.target && !a.emit)
+    fatal("--target %s writes an object for another machine: add --emit obj (or asm, llvm)",
+          a.target);
+  if (is(a.cmd, "predict") && (!a.weights || !a.input))
+    fatal("usage: keel predict FILE --weights WEIGHTS.safetensors INPUT [--out CSV]");
   return a;
 }
 
@@ -137,135 +188,40 @@ static Node *parse_stdlib(void) {
   return head.next;
 }
 
-static void check_table(Prog *p) {
-  printf("%-14s %-12s %-18s %12s\n", "layer", "kind", "output", "parameters");
-  printf("%-14s %-12s %-18s %12s\n", "input", "", shape_str(p->in_shape), "");
-  for (int i = 0; i < p->nlayers; i++) {
-    LayerInfo *l = &p->layers[i];
-    printf("%-14s %-12s %-18s %12lld\n", l->name, l->kind, shape_str(l->out),
-           (long long)l->nparams);
-  }
-  printf("%-14s %-12s %-18s %12lld\n", "total", "", "", (long long)p->nparams);
+static void lint_fail(int warnings, bool werror) {
+  if (warnings && werror)
+    fatal("%d warning%s treated as error%s (--Werror)", warnings, warnings == 1 ? "" : "s",
+          warnings == 1 ? "" : "s");
 }
 
-static const char *default_out(const char *script) {
-  const char *base = strrchr(script, '/');
-  base = base ? base + 1 : script;
-  size_t len = strlen(base);
-  if (len > 3 && !strcmp(base + len - 3, ".nn"))
-    len -= 3;
-  return str_fmt("runs/%.*s", (int)len, base);
-}
-
-static void fill_source(const DataSource *s, bool has, int *kind, const char **path,
-                        const char **path2, const char **label) {
-  *kind = has ? (s->kind == SRC_IDX ? 1 : 2) : 0;
-  *path = s->path, *path2 = s->path2, *label = s->label;
-}
-
-// A compiled script ready to train: the JIT, the run (data, tensors) and the slots.
-typedef struct {
-  KeelJit *jit;
-  KrtRun *run;
-  float **slots, *block;
-} Session;
-
-static Session start(Prog *p, Args *a) {
+// Compiles through the JIT and opens a session on the program the module describes.
+static KrtSession start(Prog *p, Args *a, KeelJit **jit) {
   double t0 = krt_now();
-  KeelJit *jit = jit_compile(p, false, NULL);
-  double compile_seconds = krt_now() - t0;
-
-  KrtTensorDesc *desc = arena_alloc(sizeof *desc * (size_t)(p->ntensors + 1));
-  for (int i = 0; i < p->ntensors; i++) {
-    Tensor *t = &p->tensors[i];
-    desc[i] = (KrtTensorDesc){.name = t->name, .kind = (int)t->kind, .rank = t->shape.rank,
-                              .init = (int)t->init, .a = t->a, .b = t->b};
-    for (int d = 0; d < t->shape.rank; d++)
-      desc[i].dim[d] = t->shape.dim[d];
-  }
-  KrtConfig cfg = {
-      .script = p->script,
-      .out_dir = a->out ? a->out : default_out(p->script),
-      .scale = p->scale, .holdout = p->holdout,
-      .features = shape_numel(p->in_shape, 1),
-      .ydim = p->classify ? 1 : p->out_shape.dim[1],
-      .classes = p->classify ? p->out_shape.dim[1] : 0,
-      .batch = p->batch, .epochs = p->epochs, .steps = p->steps, .seed = p->seed,
-      .shuffle = !a->no_shuffle, .threads = a->threads,
-      .compile_seconds = compile_seconds,
-      .tensors = desc, .ntensors = p->ntensors, .parameters = p->nparams,
-      .drop_last = p->drop_last, .min_batch = p->min_batch,
-      .early_patience = p->early_patience, .early_min_delta = p->early_min_delta,
-      .early_monitor = p->early_monitor_accuracy ? KRT_MONITOR_VAL_ACCURACY : KRT_MONITOR_VAL_LOSS,
-      .plateau_patience = p->plateau_patience, .plateau_factor = p->plateau_factor,
-      .spike_factor = p->guard_spike, .guard_limit = p->guard_limit,
-  };
-  fill_source(&p->train_src, p->has_train, &cfg.train_kind, &cfg.train_path, &cfg.train_path2,
-              &cfg.train_label);
-  fill_source(&p->val_src, p->has_val, &cfg.val_kind, &cfg.val_path, &cfg.val_path2,
-              &cfg.val_label);
-  fill_source(&p->test_src, p->has_test, &cfg.test_kind, &cfg.test_path, &cfg.test_path2,
-              &cfg.test_label);
-
-  // one block for every slot that is not a persistent tensor, each 64-byte aligned
-  float **slots = calloc((size_t)p->nslots, sizeof *slots);
-  int64_t total = 0;
-  for (int s = p->ntensors; s < p->nslots; s++)
-    total += (p->slot_size[s] + 15) & ~(int64_t)15;
-  float *block = aligned_alloc(64, (size_t)(total ? total : 16) * sizeof(float));
-  if (!slots || !block)
-    fatal("out of memory for %lld activations", (long long)total);
-  for (int s = p->ntensors, off = 0; s < p->nslots; s++) {
-    slots[s] = block + off;
-    off += (int)((p->slot_size[s] + 15) & ~(int64_t)15);
-  }
-  // what the guard inspects when a step goes non-finite
-  KrtProbe *probes = arena_alloc(sizeof *probes * (size_t)(p->nprobes + 1));
-  for (int i = 0; i < p->nprobes; i++) {
-    int v = p->probe_val[i], s = p->slot_train[v];
-    if (s < p->ntensors)
-      continue;
-    Shape sh = p->train->ins[v].shape;
-    bool per_row = false;
-    for (int d = 0; d < sh.rank; d++)
-      per_row |= sh.dim[d] == DIM_N;
-    probes[cfg.nprobes++] = (KrtProbe){p->probe_what[i], slots[s], shape_numel(sh, 1), per_row};
-  }
-  cfg.probes = probes;
-
-  KrtRun *r = krt_run_new(&cfg);
-  krt_init_tensors(r);
-  if (a->init)
-    krt_load_init(r, a->init);
-  for (int s = 0; s < p->ntensors; s++)
-    slots[s] = krt_tensor(r, s);
-
-  return (Session){jit, r, slots, block};
-}
-
-static void stop(Session *s) {
-  krt_run_free(s->run);
-  free(s->block);
-  free(s->slots);
-  jit_free(s->jit);
+  *jit = jit_compile(p, false, NULL);
+  const KrtProgram *prog = krt_program_parse(jit_symbol(*jit, "keel_program"));
+  KrtOptions opt = {.epochs = -1, .steps = -1, .batch = -1, .seed = -1, .threads = a->threads,
+                    .out = a->out, .init = a->init, .resume = a->resume,
+                    .no_shuffle = a->no_shuffle, .compile_seconds = krt_now() - t0,
+                    .resume_hint = str_fmt("keel run %s", a->file)};
+  KrtSession s = krt_session_start(prog, &opt);
+  lint_fail(lint_schedule(p, krt_total_steps(s.run), krt_batches_per_epoch(s.run)), a->werror);
+  return s;
 }
 
 static int run(Prog *p, Args *a) {
-  Session s = start(p, a);
-  int warnings = lint_schedule(p, krt_total_steps(s.run), krt_batches_per_epoch(s.run));
-  if (warnings && a->werror)
-    fatal("%d warning%s treated as error%s (--Werror)", warnings, warnings == 1 ? "" : "s",
-          warnings == 1 ? "" : "s");
-  jit_main(s.jit)(s.run, s.slots, p->seed);
-  int status = krt_finish(s.run);
-  stop(&s);
+  KeelJit *jit;
+  KrtSession s = start(p, a, &jit);
+  int status = krt_session_train(&s, (KrtMainFn *)jit_symbol(jit, "keel_main"));
+  krt_session_end(&s);
+  jit_free(jit);
   return status;
 }
 
 // `keel schedule FILE`: the learning rate at every step, as CSV (step, epoch, lr).
 static int schedule(Prog *p, Args *a) {
-  Session s = start(p, a);
-  KeelSchedule *lr = jit_schedule(s.jit);
+  KeelJit *jit;
+  KrtSession s = start(p, a, &jit);
+  KrtScheduleFn *lr = (KrtScheduleFn *)jit_symbol(jit, "schedule");
   int64_t total = krt_total_steps(s.run), per_epoch = krt_batches_per_epoch(s.run);
   double in[IN_COUNT] = {0};
   in[IN_STEPS] = (double)total, in[IN_BASE] = p->base_lr, in[IN_SPE] = (double)per_epoch;
@@ -275,8 +231,18 @@ static int schedule(Prog *p, Args *a) {
     printf("%lld,%lld,%.9g\n", (long long)step, (long long)(step / per_epoch),
            lr(s.slots, in));
   }
-  stop(&s);
+  krt_session_end(&s);
+  jit_free(jit);
   return 0;
+}
+
+static int predict(Prog *p, Args *a) {
+  KeelJit *jit = jit_compile(p, false, NULL);
+  const KrtProgram *prog = krt_program_parse(jit_symbol(jit, "keel_program"));
+  int status = krt_predict(prog, (KrtStepFn *)jit_symbol(jit, "eval_step"), a->weights,
+                           a->input, a->out ? a->out : "-", a->threads);
+  jit_free(jit);
+  return status;
 }
 
 int main(int argc, char **argv) {
@@ -288,27 +254,24 @@ int main(int argc, char **argv) {
   if (strlen(src) != len)
     fatal("'%s' is not a text file (it contains a NUL byte)", a.file);
   Node *user = parse_file(a.file, src);
-  if (!strcmp(a.cmd, "emit") && !strcmp(a.what, "ast")) {
+  if (is(a.cmd, "emit") && is(a.what, "ast")) {
     ast_dump(stdout, user);
     return 0;
   }
   Prog *p = lower_program(a.file, user, parse_stdlib(), a.ov);
-  if (!strcmp(a.cmd, "explain")) {
+  p->profile = a.profile;
+  if (is(a.cmd, "explain")) {
     explain_program(stdout, p);
     return 0;
   }
-  if (!strcmp(a.cmd, "check") || !strcmp(a.cmd, "run")) {
-    int warnings = lint_program(p);
-    if (warnings && a.werror)
-      fatal("%d warning%s treated as error%s (--Werror)", warnings, warnings == 1 ? "" : "s",
-            warnings == 1 ? "" : "s");
-  }
-  if (!strcmp(a.cmd, "check")) {
-    check_table(p);
+  if (is(a.cmd, "check") || is(a.cmd, "run") || is(a.cmd, "build"))
+    lint_fail(lint_program(p), a.werror);
+  if (is(a.cmd, "check")) {
+    check_table(stdout, p);
     return 0;
   }
-  if (!strcmp(a.cmd, "emit")) {
-    if (!strcmp(a.what, "ir")) {
+  if (is(a.cmd, "emit")) {
+    if (is(a.what, "ir")) {
       ir_print(stdout, p, p->train);
       ir_print(stdout, p, p->eval);
       ir_print(stdout, p, p->sched);
@@ -317,7 +280,11 @@ int main(int argc, char **argv) {
     }
     return 0;
   }
-  if (!strcmp(a.cmd, "schedule"))
+  if (is(a.cmd, "build"))
+    return aot_build(p, a.output, a.emit, a.target);
+  if (is(a.cmd, "predict"))
+    return predict(p, &a);
+  if (is(a.cmd, "schedule"))
     return schedule(p, &a);
   return run(p, &a);
 }

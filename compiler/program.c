@@ -83,6 +83,24 @@ static void source(Buf *b, const char *k, const DataSource *s, bool has) {
   put(b, "}");
 }
 
+// The `keel check` table: every layer's output shape and parameter count, and the total.
+void check_table(FILE *out, Prog *p) {
+  int wn = 14, wk = 12, ws = 18;  // the columns grow to the longest entry
+  for (int i = 0; i < p->nlayers; i++) {
+    LayerInfo *l = &p->layers[i];
+    int a = (int)strlen(l->name) + 1, b = (int)strlen(l->kind) + 1, c = (int)strlen(shape_str(l->out)) + 1;
+    wn = a > wn ? a : wn, wk = b > wk ? b : wk, ws = c > ws ? c : ws;
+  }
+  fprintf(out, "%-*s %-*s %-*s %12s\n", wn, "layer", wk, "kind", ws, "output", "parameters");
+  fprintf(out, "%-*s %-*s %-*s %12s\n", wn, "input", wk, "", ws, shape_str(p->in_shape), "");
+  for (int i = 0; i < p->nlayers; i++) {
+    LayerInfo *l = &p->layers[i];
+    fprintf(out, "%-*s %-*s %-*s %12lld\n", wn, l->name, wk, l->kind, ws, shape_str(l->out),
+            (long long)l->nparams);
+  }
+  fprintf(out, "%-*s %-*s %-*s %12lld\n", wn, "total", wk, "", ws, "", (long long)p->nparams);
+}
+
 // FNV-1a over the printed IR of every function: equal programs, equal hashes.
 static char *program_hash(Prog *p) {
   char *text;
@@ -121,6 +139,7 @@ char *program_json(Prog *p, const char *summary) {
   num(&b, "base_lr", p->base_lr);
   num(&b, "parameters", (double)p->nparams);
   num(&b, "drop_last", p->drop_last);
+  num(&b, "min_batch", (double)p->min_batch);
   num(&b, "early_patience", p->early_patience);
   num(&b, "early_min_delta", p->early_min_delta);
   num(&b, "early_monitor_accuracy", p->early_monitor_accuracy);
@@ -168,6 +187,18 @@ char *program_json(Prog *p, const char *summary) {
   }
   put(&b, "]");
 
+  if (p->profile) {
+    key(&b, "kernels");
+    put(&b, "[");
+    for (int i = 0; i < p->nkernels; i++) {
+      put(&b, i ? ",{" : "{");
+      str(&b, "name", p->kernel_name[i]);
+      num(&b, "flops", p->kernel_flops[i]);
+      num(&b, "flops_per_row", p->kernel_flops_per_row[i]);
+      put(&b, "}");
+    }
+    put(&b, "]");
+  }
   key(&b, "probes");
   put(&b, "[");
   for (int i = 0, first = 1; i < p->nprobes; i++) {

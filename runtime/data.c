@@ -128,11 +128,21 @@ static IdxFile idx_load(const char *path, int min_dims, int max_dims, const char
   return idx;
 }
 
+static KrtSet idx_set(const char *images, const char *labels);
+
 KrtSet krt_load_idx(const char *images, const char *labels) {
   if (!images || !labels)
     krt_fail("IDX data needs an images file and a labels file");
+  return idx_set(images, labels);
+}
+
+// For prediction: images without labels (y is all zeros).
+KrtSet krt_load_idx_images(const char *images) { return idx_set(images, NULL); }
+
+static KrtSet idx_set(const char *images, const char *labels) {
   IdxFile im = idx_load(images, 2, IDX_MAX_DIMS, "images");
-  IdxFile lb = idx_load(labels, 1, 1, "labels");
+  IdxFile lb = labels ? idx_load(labels, 1, 1, "labels")
+                      : (IdxFile){.dim = {im.dim[0]}, .data = krt_xmalloc((size_t)im.dim[0] + 1)};
   if (im.dim[0] != lb.dim[0])
     krt_fail("%s: has %lld images but %s has %lld labels", images, (long long)im.dim[0], labels,
              (long long)lb.dim[0]);
@@ -233,7 +243,18 @@ static int parse_number(const char *cell, double *v) {
   return *cell && !*end && isfinite(*v);  // cells are already trimmed
 }
 
-KrtSet krt_load_csv(const char *path, const char *label) {
+static KrtSet load_csv(const char *path, const char *label, int64_t features);
+
+KrtSet krt_load_csv(const char *path, const char *label) { return load_csv(path, label, -1); }
+
+// For prediction: a CSV of `features` columns is all features; with one more column, the
+// label column (by name, or the last) is left out.
+KrtSet krt_load_csv_features(const char *path, const char *label, int64_t features) {
+  return load_csv(path, label, features);
+}
+
+// features < 0: training data, the label column is required.
+static KrtSet load_csv(const char *path, const char *label, int64_t features) {
   char *text = read_text(path), *p = text, *line;
   int lineno = 0;
   // the header: the first line that is not blank
@@ -261,7 +282,9 @@ KrtSet krt_load_csv(const char *path, const char *label) {
     krt_fail("%s:%d: the first row holds numbers, not column names (a header row is needed)",
              path, header_line);
   int ycol = ncols - 1;
-  if (label) {
+  if (features >= 0 && ncols == features) {
+    ycol = -1;  // prediction input without labels
+  } else if (label) {
     ycol = -1;
     for (int i = 0; i < ncols && ycol < 0; i++)
       if (strcmp(names[i], label) == 0)
@@ -276,7 +299,7 @@ KrtSet krt_load_csv(const char *path, const char *label) {
       krt_fail("%s: no column named '%s' (columns: %s)", path, label, list);
     }
   }
-  if (ncols < 2)
+  if (ycol >= 0 && ncols < 2)
     krt_fail("%s: needs at least one column besides the label '%s'", path, names[ycol]);
 
   // the rows, one number per cell
@@ -300,7 +323,9 @@ KrtSet krt_load_csv(const char *path, const char *label) {
   }
   if (n == 0)
     krt_fail("%s: no data rows", path);
-  KrtSet s = {.x = x.v, .y = y.v, .n = n, .features = ncols - 1, .ydim = 1};
+  if (ycol < 0)
+    y.v = krt_xmalloc(sizeof(float) * (size_t)n);
+  KrtSet s = {.x = x.v, .y = y.v, .n = n, .features = ycol < 0 ? ncols : ncols - 1, .ydim = 1};
   s.classes = count_classes(s.y, s.n);
   free(names);
   free(cells);

@@ -10,6 +10,7 @@
 //   KrtRun *r = krt_run_new(&cfg);         // loads and checks data, allocates tensors
 //   krt_init_tensors(r);                   // PyTorch-style init from the seeded RNG
 //   if (init_path) krt_load_init(r, init_path);
+//   (or instead of both: krt_resume(r, "runs/x/last.safetensors"))
 //   keel_main(r, bufs);                    // generated: epochs, batches, steps, evaluation
 //   status = krt_finish(r);                // final.safetensors, metrics.csv, report.json
 //   krt_run_free(r);
@@ -75,6 +76,11 @@ KrtSet krt_load_idx(const char *images, const char *labels);
 // last column); the other columns, in order, are x. ydim is 1. Classes are counted when every
 // label is a non-negative integer. Errors name the file, line and column.
 KrtSet krt_load_csv(const char *path, const char *label);
+// For prediction: images without labels, and CSV features with or without the label
+// column (a CSV of exactly `features` columns has none; with one more, the column named
+// label, or the last, is left out). y is zero.
+KrtSet krt_load_idx_images(const char *images);
+KrtSet krt_load_csv_features(const char *path, const char *label, int64_t features);
 void krt_set_scale(KrtSet *s, float scale);          // x *= scale
 // Moves a fraction frac of s into *val, chosen by a seeded shuffle (never "the last part of
 // the file"); the rest stays in s in its original order.
@@ -105,6 +111,32 @@ void krt_st_write(const char *path, const KrtNamedTensor *t, int count, const ch
 // missing name, a dtype other than F32 or a shape mismatch fails naming the file and tensor
 // ("x.safetensors: tensor dense1.weight has shape [10, 784], the model expects [256, 784]").
 void krt_st_read(const char *path, KrtNamedTensor *t, int count);
+
+enum { KRT_ST_MAX_RANK = 8 };
+
+typedef struct {          // one tensor of a file, as its header describes it
+  const char *name, *dtype;
+  int rank;
+  int64_t dim[KRT_ST_MAX_RANK];
+  const void *data;       // its bytes, as stored (little-endian)
+  int64_t bytes;
+} KrtStTensor;
+
+typedef struct {          // a whole file, read and checked by krt_st_load
+  int count;              // tensors, in the order of the header
+  KrtStTensor *t;
+  int nmeta;              // metadata pairs of strings: meta[2i] = key, meta[2i+1] = value
+  const char **meta;
+  void *file_, *header_;  // private: the file's bytes and its parsed header
+} KrtStFile;
+
+// Reads path whole and checks it as krt_st_read does (failing the same way); every tensor of
+// any dtype is listed, the data stays in memory until krt_st_close. Metadata values that are
+// not strings (outside the format) are left out.
+KrtStFile krt_st_load(const char *path);
+const KrtStTensor *krt_st_find(const KrtStFile *f, const char *name);  // NULL: none
+const char *krt_st_meta(const KrtStFile *f, const char *key);          // NULL: none
+void krt_st_close(KrtStFile *f);
 
 // ---------------------------------------------------------------------------------------------
 // run.c — one training run: data, batches, tensors, metrics, progress, report
@@ -147,9 +179,15 @@ typedef struct {
   int ntensors;
   int64_t parameters;     // trained parameters, for the report
   // batching
-  bool drop_last;         // drop the last partial batch of each epoch (default: keep it)
-  int64_t min_batch;      // a last partial batch smaller than this is dropped (batchnorm: 2);
+  bool drop_last;         // drop the last partial batch of each epoch (default: keep it);
                           // a training set smaller than one batch is then an error
+  int64_t min_batch;      // a last partial batch smaller than this is dropped (batchnorm: 2)
+  // checkpoints: the program's hash, stored in last.safetensors (krt_resume refuses another
+  // program's; NULL = "unknown"), and the command the resume hint of an interrupted run
+  // shows, e.g. "keel run model.nn" ("--resume <out_dir>/last.safetensors" follows; NULL:
+  // "keel run <script>")
+  const char *program_hash;
+  const char *resume_hint;
   // early stopping (early_patience 0 = off), as Keras's EarlyStopping with
   // restore_best_weights: stop when the monitored metric has not improved by more than
   // early_min_delta for early_patience epochs; krt_train_end restores the best epoch's
@@ -194,13 +232,17 @@ void krt_init_tensors(KrtRun *r);            // init from seed: key krt_hash(see
 void krt_load_init(KrtRun *r, const char *path);  // --init: every PARAM and BUFFER by name
 // Ends the run: writes final.safetensors (params and buffers), metrics.csv, report.json
 // (atomically), and prints the report and a summary in plain words. Returns the process
-// exit status: 0, or 3 when the guard stopped training.
+// exit status: 0, or 3 when the guard stopped training. An interrupted run (see below) writes
+// no final.safetensors: last.safetensors (brought up to date), metrics.csv and report.json
+// ("stopped": "interrupted") so far, then "interrupted at step N (epoch E); to continue:
+// <resume_hint> --resume <out_dir>/last.safetensors" ("(after epoch E)" at an epoch
+// boundary); it returns 130.
 int krt_finish(KrtRun *r);
 
 // [generated] The training loop calls these, in this order:
 //   epochs = krt_epochs(r); total = krt_total_steps(r)
-//   for epoch: nb = krt_epoch_begin(r, epoch)
-//     for b < nb: n = krt_train_batch(r, b, x, y); step = krt_step(r)
+//   for (epoch = krt_first_epoch(r); epoch < epochs; epoch++): nb = krt_epoch_begin(r, epoch)
+//     for (b = krt_first_batch(r); b < nb; b++): n = krt_train_batch(r, b, x, y); step = krt_step(r)
 //                 lr = schedule(...) * krt_lr_scale(r)
 //                 train_step(...)  // commits only if krt_guard(r, loss, grad_sq, n)
 //                 if (krt_train_step_end(r, loss, out, y, n, lr)) break
@@ -211,25 +253,29 @@ int krt_finish(KrtRun *r);
 //   the same evaluation loop for KRT_TEST
 int64_t krt_epochs(KrtRun *r);
 int64_t krt_total_steps(KrtRun *r);   // batches per epoch × epochs, or steps when it is lower
-int64_t krt_step(KrtRun *r);
-int64_t krt_batches_per_epoch(KrtRun *r);  // training batches (steps) in one epoch          // global step from 0
+int64_t krt_step(KrtRun *r);                // global step from 0
+int64_t krt_batches_per_epoch(KrtRun *r);  // training batches (steps) in one epoch
 int64_t krt_epoch_begin(KrtRun *r, int64_t epoch);  // shuffles (unless no shuffle); batches
                                                     // (full ones only with drop_last)
 int64_t krt_train_batch(KrtRun *r, int64_t b, float *x, float *y);  // copies batch b; rows
 // Accumulates loss and accuracy (argmax of out (n × classes) against y) and advances the step;
 // a step the guard discarded advances the step only (and its guard line is printed here).
-// Returns 1 when the step limit is reached or the guard stopped training.
+// Returns 1 when the step limit is reached, the guard stopped training or the run was
+// interrupted.
 int krt_train_step_end(KrtRun *r, float loss, const float *out, const float *y, int64_t n,
                        float lr);
-int64_t krt_eval_begin(KrtRun *r, int which);        // batches of that set, 0 if it has none
+int64_t krt_eval_begin(KrtRun *r, int which);  // batches of that set; 0 if it has none, or
+                                               // when the run was interrupted
 int64_t krt_eval_batch(KrtRun *r, int which, int64_t b, float *x, float *y);
 // (For the test set, or the val set when there is no test set, it also counts the
 // confusion matrix of the report.)
 void krt_eval_step_end(KrtRun *r, int which, float loss, const float *out, const float *y,
                        int64_t n);
 // Closes the epoch: a metrics row, the progress line, the best epoch, early stopping and
-// on_plateau. Returns 1 when training should stop (the epochs are done, the step limit was
-// reached, early stopping fired or the guard stopped training).
+// on_plateau, then writes last.safetensors. Returns 1 when training should stop (the epochs
+// are done, the step limit was reached, early stopping fired, the guard stopped training, or
+// the run was interrupted). Interrupted before the epoch's training or its val evaluation
+// was done, it leaves the epoch open: no row, and last.safetensors holds the cursor.
 int krt_epoch_end(KrtRun *r);
 
 // [generated] The rate multiplier of the guard and on_plateau (1 until either acts); the
@@ -245,8 +291,134 @@ int krt_guard(KrtRun *r, float loss, float grad_sq, int64_t n);
 // [generated] After the last epoch, before the test evaluation: when early stopping is on,
 // restores the best weights (every tensor, as they were at the end of the best epoch),
 // whatever the reason training ended, and writes them (params and buffers) to
-// best.safetensors in out_dir. Does nothing when early stopping is off.
+// best.safetensors in out_dir. Does nothing when early stopping is off, or when the run was
+// interrupted (last.safetensors continues it). Once it ran, signals no longer stop the run.
 void krt_train_end(KrtRun *r);
+
+// ---------------------------------------------------------------------------------------------
+// run.c — exact checkpoints and resume
+//
+// last.safetensors is written atomically into out_dir at the end of every epoch, and when the
+// run is interrupted. krt_run_new installs handlers for SIGINT and SIGTERM (not for one the
+// process was started ignoring) that only raise a flag and restore the default action, so a
+// second Ctrl-C ends the process at once; krt_run_free puts the old handlers back. The
+// loop's calls see the flag after the step in progress: krt_train_step_end returns 1,
+// krt_eval_begin 0, krt_epoch_end writes the checkpoint and returns 1, and krt_finish
+// returns 130.
+//
+// The file holds every tensor by name — parameters, buffers, then optimizer state, and with
+// early stopping, once there is a best epoch, that epoch's copy of each ("best/<name>") —
+// and string metadata: "format": "pt", "producer": "keel", "keel_program": the program hash,
+// "keel_state": a JSON object with the rest (doubles as %.17g; NaN and infinities as the
+// strings "nan", "inf", "-inf"):
+//   version (1), seed (a string), batch_size, data {samples, batches, hash (a fingerprint
+//   of the training set)}, epochs, total_steps (as planned), step, epoch (the epoch to run
+//   next, from 0), batch (its training batches done: 0 at an epoch boundary), epochs_done,
+//   lr, epoch_sums {loss, samples, correct, seconds} (the open epoch's), train_seconds,
+//   train_samples, lr_scale, best_epoch, best, wait, early_stopped, plateau_best,
+//   plateau_bad, lr_reductions [{epoch, lr_scale}], guard {used, stopped, good_steps, run,
+//   recent [the last good losses], events [{step, epoch, reason, where, lr_scale_after}]},
+//   rows [{epoch, step, lr, train_loss, train_accuracy, val_loss, val_accuracy, seconds}]
+//   (null: no such value), optimizer_state [the names of the state tensors], and when the
+//   val set has the report's confusion matrix cm (and with early stopping best_cm), flat.
+// A run resumed from it ends with weights byte-identical to an uninterrupted run, and the
+// same metrics.csv but for the seconds: the order of an epoch is a function of the seed and
+// the epoch, every random number of the seed and the step.
+
+// Loads a last.safetensors into r (instead of krt_init_tensors / krt_load_init), and prints
+// where the run resumes. Refuses, naming the file and the first difference: another model (a
+// parameter or buffer missing on either side, or of another shape), another optimizer (a
+// state tensor missing on either side), another seed, batch size or training set, another
+// program hash; or a file without keel_state (final.safetensors). Writes nothing.
+void krt_resume(KrtRun *r, const char *path);
+// [generated] Where the loops start: the epoch to begin with (0, or the resumed one; the
+// epoch count when nothing is left to train) and, in each epoch, the batch (0, or once the
+// cursor of the epoch an interrupt left open; the batch count when that epoch's training was
+// over, so that it only evaluates and closes).
+int64_t krt_first_epoch(KrtRun *r);
+int64_t krt_first_batch(KrtRun *r);
+
+// ---------------------------------------------------------------------------------------------
+// profile.c — keel run --profile
+
+typedef struct {
+  const char *name;       // "matmul dense1 (backward)", "fused ×6: add, max (batchnorm1)"
+  double flops;           // floating-point operations per call: flops + flops_per_row · n
+  double flops_per_row;
+} KrtKernel;
+
+void krt_profile_start(const KrtKernel *kernels, int n);
+void krt_profile_batch(int64_t n);  // the size of the batch the next step trains on
+// [generated] after each kernel of the training step: the cycles it took
+void krt_profile(KrtRun *r, int32_t id, uint64_t cycles);
+// The table (share of the step time, seconds, calls, GFLOP/s per kernel) on stdout, and
+// out_dir/profile.csv.
+void krt_profile_report(const char *out_dir);
+
+// ---------------------------------------------------------------------------------------------
+// session.c — a compiled program, from its descriptor, trained or used for prediction. The
+// JIT (`keel run`) and a built trainer go through the same code.
+
+typedef void KrtMainFn(KrtRun *run, float **slots, uint64_t seed);
+typedef float KrtScheduleFn(float **slots, const double *in);
+typedef void KrtStepFn(float **slots, int64_t n, const double *in, uint64_t seed, KrtRun *run);
+
+// The descriptor the compiler stores in the module as the string keel_program (JSON, see
+// compiler/program.c), parsed.
+typedef struct {
+  const char *name, *script, *summary, *hash;
+  KrtConfig cfg;                 // data, settings, tensors and probes as compiled
+  double base_lr;
+  int nslots;
+  int64_t *slot_count;           // floats, times the batch size where slot_per_row
+  bool *slot_per_row;
+  int *probe_slot;               // cfg.probes[i].data lives in slot probe_slot[i]
+  int x_slot, y_slot, out_slot;
+  int in_rank;                   // the input's shape after n
+  int64_t in_shape[4];
+  KrtKernel *kernels;            // --profile: the training step's kernels, or none
+  int nkernels;
+} KrtProgram;
+
+KrtProgram *krt_program_parse(const char *json);  // fails (krt_fail) on a malformed text
+
+// What the command line may change; -1 / NULL / 0 = as compiled.
+typedef struct {
+  int64_t epochs, steps, batch, seed;
+  int threads;
+  const char *out, *init, *resume;
+  bool no_shuffle;
+  const char *data[3][2];        // --data train=PATH etc.: [train, val, test][path, path2]
+  double compile_seconds;
+  const char *resume_hint;
+} KrtOptions;
+
+typedef struct {
+  const KrtProgram *prog;
+  KrtRun *run;
+  float **slots;
+  float *block;
+  uint64_t seed;
+  const char *out_dir;
+} KrtSession;
+
+// Loads the data, allocates and initialises the tensors (or --init / --resume), and the
+// slots, sized for the batch.
+KrtSession krt_session_start(const KrtProgram *prog, const KrtOptions *opt);
+void krt_session_end(KrtSession *s);
+// Trains: the generated keel_main, then krt_finish. Returns the exit status.
+int krt_session_train(KrtSession *s, KrtMainFn *main_fn);
+// Predictions for every sample of input (IDX images, or a CSV whose columns are the
+// features, a column named like the training label being ignored), with the weights of a
+// safetensors file, written as CSV to out_path ("-" = stdout): for classification
+// `class,p0,...` (softmax probabilities), for regression `y0,...`. Returns the exit status.
+int krt_predict(const KrtProgram *prog, KrtStepFn *eval_step, const char *weights,
+                const char *input, const char *out_path, int threads);
+// The whole command line of a built trainer: training (the flags of keel run, plus
+// --data NAME=PATH[,PATH2] and --resume), `predict --weights FILE INPUT [--out FILE]`, and
+// --help (what it trains: the keel check table).
+int krt_trainer_main(const char *json, KrtMainFn *main_fn, KrtStepFn *eval_step, int argc,
+                     char **argv);
 
 // ---------------------------------------------------------------------------------------------
 // conv.c — [generated] image kernels, NCHW. A convolution of x (n, c, h, w) with weights

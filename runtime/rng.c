@@ -10,16 +10,19 @@
 
 #include <math.h>
 
-uint64_t krt_hash(uint64_t key, uint64_t counter) {
+// The mix, inlined into the loops below (krt_rand_fill vectorizes with it).
+static inline uint64_t mix(uint64_t key, uint64_t counter) {
   uint64_t z = key + (counter + 1) * 0x9E3779B97F4A7C15ull;  // φ·2^64, the golden-ratio step
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
 
+uint64_t krt_hash(uint64_t key, uint64_t counter) { return mix(key, counter); }
+
 float krt_uniform(uint64_t key, uint64_t counter) {
   // The top 24 bits: every value k·2^-24 is exactly a float, and 1 is never reached.
-  return (float)(krt_hash(key, counter) >> 40) * (1.0f / 16777216.0f);
+  return (float)(mix(key, counter) >> 40) * (1.0f / 16777216.0f);
 }
 
 float krt_normal(uint64_t key, uint64_t counter) {
@@ -32,7 +35,7 @@ float krt_normal(uint64_t key, uint64_t counter) {
 void krt_rand_fill(float *out, int64_t count, uint64_t seed, uint64_t stream, uint64_t step) {
   uint64_t key = krt_hash(krt_hash(seed, stream), step);
   for (int64_t i = 0; i < count; i++)
-    out[i] = krt_uniform(key, (uint64_t)i);
+    out[i] = (float)(mix(key, (uint64_t)i) >> 40) * (1.0f / 16777216.0f);
 }
 
 void krt_permutation(int64_t *perm, int64_t n, uint64_t key) {

@@ -16,12 +16,22 @@
 // (krt_train_step_end then leaves it out of the sums), the multiplier halves, and enough
 // discarded steps in a row end training with exit status 3. krt_finish turns all of it into
 // report.json and a short summary in plain words.
+//
+// Every epoch end writes last.safetensors (tensors, optimizer state and all this bookkeeping),
+// and krt_resume reads it back, so a run can be stopped and continued with nothing lost: the
+// order of an epoch is a function of the seed and the epoch, and every random number of the
+// seed and the step, so the step, the epoch and the batch cursor are all the RNG state there
+// is. SIGINT and SIGTERM only raise a flag; the loop's calls see it after the step in
+// progress, close the books on a checkpoint (inside the epoch, if need be) and end the run
+// with status 130.
 
 #include "keelrt.h"
 
 #include <cblas.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -56,7 +66,7 @@ typedef struct {  // one epoch: a line of metrics.csv
 typedef struct {  // a step the guard discarded
   int64_t step, epoch;  // both from 1, as printed
   char reason[160];
-  const char *where;    // the first probe holding a non-finite value, or NULL
+  char where[160];      // the first probe holding a non-finite value, or "" (see where_of)
   double lr_scale_after;
 } GuardEvent;
 
@@ -111,7 +121,25 @@ struct KrtRun {
   // the confusion matrix of cm_set (KRT_TEST, else KRT_VAL; 0 = none): cm[true * c + pred]
   int cm_set;
   int64_t *cm, *best_cm;       // best_cm: of the val set at best_epoch (early stopping)
+  // checkpoints and resume (see "exact checkpoints" below)
+  int64_t batch_done;          // training batches of r->epoch done, resumed ones included
+  int64_t batch0;              // where this epoch's batch loop starts (krt_first_batch)
+  bool epoch_closed;           // krt_epoch_end closed r->epoch: the run is at a boundary
+  bool resume_pending;         // krt_resume loaded a cursor inside r->epoch for epoch_begin
+  double part_seconds;         // training seconds of r->epoch before this process took it on
+  bool interrupted;            // SIGINT or SIGTERM was seen while training: the run stops
+  bool val_skipped;            // krt_eval_begin skipped this epoch's val set because of it
+  bool ckpt_fresh;             // last.safetensors holds the state as it is now
+  bool training_done;          // krt_train_end ran uninterrupted: signals no longer stop
+  double extra_seconds;        // an interrupted run's partial epoch, for its report
+  int64_t extra_samples;
+  bool data_hashed;
+  uint64_t data_hash;          // a fingerprint of the training set (a resumed run needs it)
 };
+
+static const char *where_of(const GuardEvent *e) {
+  return e->where[0] ? e->where : NULL;
+}
 
 static char *xstrdup(const char *s) {
   size_t n = strlen(s) + 1;
@@ -168,6 +196,59 @@ static void *grow(void *arr, int64_t *cap, int64_t n, size_t size) {
 
 static bool early_on(const KrtRun *r) {
   return r->cfg.early_patience > 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// interruption: SIGINT and SIGTERM only raise a flag, which the loop's calls look at
+// (poll_interrupt); the handler then restores the default action, so a second Ctrl-C ends the
+// process at once. A signal the process was started ignoring (nohup, `&` in a script) stays
+// ignored.
+
+static volatile sig_atomic_t interrupt_signal;  // the signal received; 0 = none
+static struct sigaction saved_action[2];         // SIGINT's and SIGTERM's before ours
+static int handler_users;                        // runs alive that installed the handler
+static const int caught[2] = {SIGINT, SIGTERM};
+
+static void on_interrupt(int sig) {
+  int saved_errno = errno;
+  interrupt_signal = sig;
+  struct sigaction dfl = {.sa_handler = SIG_DFL};
+  sigemptyset(&dfl.sa_mask);
+  for (int i = 0; i < 2; i++)
+    sigaction(caught[i], &dfl, NULL);
+  static const char msg[] = "\nkeel: interrupted: the current step finishes, then "
+                            "last.safetensors is written (press Ctrl-C again to stop at once)\n";
+  ssize_t written = write(2, msg, sizeof msg - 1);
+  (void)written;
+  errno = saved_errno;
+}
+
+static void install_handler(void) {
+  interrupt_signal = 0;
+  struct sigaction sa = {.sa_handler = on_interrupt, .sa_flags = SA_RESTART}, old;
+  sigemptyset(&sa.sa_mask);
+  for (int i = 0; i < 2; i++) {
+    sigaction(caught[i], NULL, &old);
+    if (!handler_users)
+      saved_action[i] = old;
+    if (old.sa_handler != SIG_IGN)
+      sigaction(caught[i], &sa, NULL);
+  }
+  handler_users++;
+}
+
+static void remove_handler(void) {
+  if (handler_users > 0 && --handler_users == 0)
+    for (int i = 0; i < 2; i++)
+      sigaction(caught[i], &saved_action[i], NULL);
+}
+
+// Whether the run was interrupted: a signal arrived and training was still going on (once
+// krt_train_end ran uninterrupted, the run completes whatever arrives).
+static bool poll_interrupt(KrtRun *r) {
+  if (interrupt_signal && !r->training_done)
+    r->interrupted = true;
+  return r->interrupted;
 }
 
 static int64_t tensor_size(const KrtTensorDesc *t) {
@@ -348,12 +429,14 @@ KrtRun *krt_run_new(const KrtConfig *cfg) {
     r->block_size[k] = total[k];
   r->tty = isatty(1);
   setup_rails(r);
+  install_handler();
   return r;
 }
 
 void krt_run_free(KrtRun *r) {
   if (!r)
     return;
+  remove_handler();
   for (int i = 0; i < NSETS; i++)
     krt_set_free(&r->set[i]);
   for (int k = 0; k < NKINDS; k++)
@@ -442,16 +525,31 @@ static bool step_limit(const KrtRun *r) {
 }
 
 int64_t krt_epoch_begin(KrtRun *r, int64_t epoch) {
-  r->epoch = epoch;
+  if (r->resume_pending && epoch != r->epoch)
+    krt_fail("the training loop began epoch %lld, but the run resumes inside epoch %lld (the "
+             "loop must start at krt_first_epoch)", (long long)epoch + 1, (long long)r->epoch + 1);
+  // the order is a function of the seed and the epoch, so a resumed epoch gets it back
   if (r->cfg.shuffle) {
     krt_permutation(r->perm, r->set[TRAIN].n, krt_hash(r->cfg.seed, 2000 + (uint64_t)epoch));
   } else {
     for (int64_t i = 0; i < r->set[TRAIN].n; i++)
       r->perm[i] = i;
   }
-  r->acc[TRAIN] = r->acc[KRT_VAL] = (Acc){0};
+  double now = krt_now();
+  if (r->resume_pending) {  // the interrupted epoch goes on: its cursor, sums and clock
+    r->resume_pending = false;
+    r->batch0 = r->batch_done;
+    r->t_epoch = now - r->part_seconds;
+  } else {
+    r->acc[TRAIN] = (Acc){0};
+    r->batch_done = r->batch0 = 0;
+    r->t_epoch = now;
+  }
+  r->epoch = epoch;
+  r->acc[KRT_VAL] = (Acc){0};
   r->epoch_steps = 0;
-  r->t_epoch = r->t_last_step = r->t_progress = krt_now();
+  r->epoch_closed = r->val_skipped = false;
+  r->t_last_step = r->t_progress = now;
   return r->nb;
 }
 
@@ -522,8 +620,8 @@ static int digits(int64_t v) {
 static void print_guard_event(const KrtRun *r, const GuardEvent *e, float lr) {
   printf("%sguard: step %lld discarded: %s", r->tty ? "\r\033[K" : "", (long long)e->step,
          e->reason);
-  if (e->where)
-    printf(" (first non-finite value: %s)", e->where);
+  if (where_of(e))
+    printf(" (first non-finite value: %s)", where_of(e));
   if (r->guard_stopped)
     printf("; %d step%s in a row discarded: training stops\n", r->guard_run,
            r->guard_run == 1 ? "" : "s");
@@ -542,18 +640,20 @@ int krt_train_step_end(KrtRun *r, float loss, const float *out, const float *y, 
   r->lr = lr;
   r->step++;
   r->epoch_steps++;
+  r->batch_done++;
+  r->ckpt_fresh = false;
   r->t_last_step = krt_now();
   if (r->tty && r->t_last_step - r->t_progress >= PROGRESS_EVERY) {
     int64_t epochs = krt_epochs(r);
     printf("\repoch %*lld/%lld  batch %lld/%lld", digits(epochs), (long long)r->epoch + 1,
-           (long long)epochs, (long long)r->epoch_steps, (long long)r->nb);
+           (long long)epochs, (long long)r->batch_done, (long long)r->nb);
     if (r->acc[TRAIN].count > 0)
       printf("  loss %.4f", r->acc[TRAIN].loss / (double)r->acc[TRAIN].count);
     printf("\033[K");
     fflush(stdout);
     r->t_progress = r->t_last_step;
   }
-  return step_limit(r) || r->guard_stopped;
+  return step_limit(r) || r->guard_stopped || poll_interrupt(r);
 }
 
 static const KrtSet *eval_set(KrtRun *r, int which) {
@@ -564,6 +664,10 @@ static const KrtSet *eval_set(KrtRun *r, int which) {
 
 int64_t krt_eval_begin(KrtRun *r, int which) {
   const KrtSet *s = eval_set(r, which);
+  if (poll_interrupt(r)) {  // the epoch stays open; a resumed run evaluates it
+    r->val_skipped |= which == KRT_VAL && r->has[KRT_VAL];
+    return 0;
+  }
   r->acc[which] = (Acc){0};
   if (which == r->cm_set)
     memset(r->cm, 0, (size_t)(r->cfg.classes * r->cfg.classes) * sizeof(int64_t));
@@ -595,10 +699,22 @@ static double accuracy(const Acc *a) {
 }
 
 static bool epoch_rails(KrtRun *r, const Row *row);
+static void write_last(KrtRun *r);
 
 int krt_epoch_end(KrtRun *r) {
   double now = krt_now();
-  double train_time = r->epoch_steps ? r->t_last_step - r->t_epoch : 0;
+  double train_time = r->batch_done ? r->t_last_step - r->t_epoch : 0;
+  // interrupted before the epoch's training or its evaluation was done: the epoch stays open,
+  // and last.safetensors holds its cursor and sums
+  bool trained = r->batch_done >= r->nb || step_limit(r) || r->guard_stopped;
+  if (poll_interrupt(r) && (!trained || r->val_skipped)) {
+    r->part_seconds = train_time;
+    write_last(r);
+    r->extra_seconds = train_time;
+    r->extra_samples = r->acc[TRAIN].count;
+    fflush(stdout);
+    return 1;
+  }
   r->train_seconds += train_time;
   r->train_samples += r->acc[TRAIN].count;
   bool cls = r->cfg.classes > 0;
@@ -634,8 +750,12 @@ int krt_epoch_end(KrtRun *r) {
     printf("  %.0f samples/s", (double)t->count / train_time);
   printf("%s\n", r->tty ? "\033[K" : "");
   bool early_stop = epoch_rails(r, &r->rows[r->nrows - 1]);
+  r->epoch_closed = true;
+  r->part_seconds = 0;
+  write_last(r);
   fflush(stdout);
-  return step_limit(r) || r->epochs_done >= epochs || early_stop || r->guard_stopped;
+  return step_limit(r) || r->epochs_done >= epochs || early_stop || r->guard_stopped ||
+         r->interrupted;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -763,9 +883,10 @@ int krt_guard(KrtRun *r, float loss, float grad_sq, int64_t n) {
     r->guard_stopped = true;
   r->events = grow(r->events, &r->cap_events, r->nevents, sizeof(GuardEvent));
   GuardEvent *e = &r->events[r->nevents++];
-  *e = (GuardEvent){.step = r->step + 1, .epoch = r->epoch + 1,
-                    .where = first_nonfinite(r, n), .lr_scale_after = r->lr_scale};
+  *e = (GuardEvent){.step = r->step + 1, .epoch = r->epoch + 1, .lr_scale_after = r->lr_scale};
   memcpy(e->reason, reason, sizeof reason);
+  const char *where = first_nonfinite(r, n);
+  snprintf(e->where, sizeof e->where, "%s", where ? where : "");
   r->rejected = true;  // krt_train_step_end prints the event and leaves the step out
   return 0;
 }
@@ -779,6 +900,9 @@ static void write_checkpoint(KrtRun *r, const char *path) {
 }
 
 void krt_train_end(KrtRun *r) {
+  if (poll_interrupt(r))  // last.safetensors goes on from here; nothing is restored or written
+    return;
+  r->training_done = true;
   if (r->train_ended || !early_on(r))
     return;
   r->train_ended = true;
@@ -830,6 +954,15 @@ static void write_metrics(FILE *f, void *ctx) {
   }
 }
 
+// Training time and samples, with the partial epoch of an interrupted run.
+static double run_seconds(const KrtRun *r) {
+  return r->train_seconds + r->extra_seconds;
+}
+
+static int64_t run_samples(const KrtRun *r) {
+  return r->train_samples + r->extra_samples;
+}
+
 // A JSON number, or null when there is no (finite) value.
 static void json_val(FILE *f, bool has, double v) {
   if (has && isfinite(v))
@@ -863,7 +996,8 @@ static void json_str(FILE *f, const char *s) {
 }
 
 static const char *stop_reason(const KrtRun *r) {
-  return r->guard_stopped  ? "guard"
+  return r->interrupted    ? "interrupted"
+         : r->guard_stopped  ? "guard"
          : r->early_stopped ? "early_stop"
          : step_limit(r)    ? "steps"
                             : "epochs";
@@ -926,8 +1060,8 @@ static void write_report(FILE *f, void *ctx) {
   json_num(f, "val_accuracy", last->has_val && cls, last->val_acc);
   json_num(f, "test_loss", test->count > 0, test->count ? mean(test) : 0);
   json_num(f, "test_accuracy", test->count > 0 && cls, test->count ? accuracy(test) : 0);
-  json_num(f, "samples_per_second", r->train_seconds > 0,
-           (double)r->train_samples / r->train_seconds);
+  double seconds = run_seconds(r);
+  json_num(f, "samples_per_second", seconds > 0, (double)run_samples(r) / seconds);
   json_num(f, "compile_seconds", true, r->cfg.compile_seconds);
   fprintf(f, "  \"parameters\": %lld,\n  \"seed\": %llu,\n  \"batch\": %lld,\n",
           (long long)r->cfg.parameters, (unsigned long long)r->cfg.seed,
@@ -940,7 +1074,7 @@ static void write_report(FILE *f, void *ctx) {
             (long long)e->step, (long long)e->epoch);
     json_str(f, e->reason);
     fputs(", \"where\": ", f);
-    json_str(f, e->where);
+    json_str(f, where_of(e));
     fputs(", \"lr_scale_after\": ", f);
     json_val(f, true, e->lr_scale_after);
     fputc('}', f);
@@ -1099,8 +1233,8 @@ static void print_guard(const KrtRun *r) {
   else
     printf("\ntraining stopped at step %lld (epoch %lld): %d steps in a row were discarded "
            "(the last: %s", (long long)e->step, (long long)e->epoch, r->guard_run, e->reason);
-  if (e->where)
-    printf("; first non-finite value: %s", e->where);
+  if (where_of(e))
+    printf("; first non-finite value: %s", where_of(e));
   printf(").\n");
   printf("What happened: the numbers blew up. The loss or the gradients became NaN or infinite, "
          "or the loss jumped far above its recent values");
@@ -1172,24 +1306,62 @@ static void print_summary(const KrtRun *r) {
   print_guard(r);
 }
 
+// trained 3 epochs (938 steps) in 7.4s, 24310 samples/s
+static void print_trained(const KrtRun *r) {
+  double seconds = run_seconds(r);
+  printf("trained %lld epoch%s (%lld step%s) in %.1fs", (long long)r->epochs_done,
+         r->epochs_done == 1 ? "" : "s", (long long)r->step, r->step == 1 ? "" : "s", seconds);
+  if (seconds > 0)
+    printf(", %.0f samples/s", (double)run_samples(r) / seconds);
+  printf("\n");
+}
+
+// An interrupted run: last.safetensors (current), metrics.csv and report.json so far, and how
+// to go on; no final.safetensors.
+static int finish_interrupted(KrtRun *r, const char *dir, const char *csv, const char *json) {
+  char *last = join(dir, "last.safetensors");
+  if (!r->ckpt_fresh)
+    write_last(r);
+  krt_write_atomic(csv, write_metrics, r);
+  krt_write_atomic(json, write_report, r);
+  print_trained(r);
+  printf("wrote %s, metrics.csv, report.json\n", last);
+  // where the checkpoint stands: inside an epoch, or at the boundary after one
+  int64_t epoch = r->epoch_closed ? r->epoch + 1 : r->epoch;
+  int64_t batch = r->epoch_closed ? 0 : r->batch_done;
+  if (batch == 0 && epoch > 0)
+    printf("interrupted at step %lld (after epoch %lld)", (long long)r->step, (long long)epoch);
+  else
+    printf("interrupted at step %lld (epoch %lld)", (long long)r->step, (long long)epoch + 1);
+  if (r->cfg.resume_hint)
+    printf("; to continue: %s --resume %s\n", r->cfg.resume_hint, last);
+  else
+    printf("; to continue: keel run %s --resume %s\n", r->cfg.script ? r->cfg.script : "SCRIPT",
+           last);
+  fflush(stdout);
+  free(last);
+  return 130;
+}
+
 int krt_finish(KrtRun *r) {
   const char *dir = r->cfg.out_dir ? r->cfg.out_dir : ".";
   mkdir_p(dir);
   char *st = join(dir, "final.safetensors"), *csv = join(dir, "metrics.csv");
   char *json = join(dir, "report.json");
+  if (r->interrupted) {
+    int status = finish_interrupted(r, dir, csv, json);
+    free(st);
+    free(csv);
+    free(json);
+    return status;
+  }
 
   write_checkpoint(r, st);
   krt_write_atomic(csv, write_metrics, r);
   krt_write_atomic(json, write_report, r);
 
-  // trained 3 epochs (938 steps) in 7.4s, 24310 samples/s
   bool cls = r->cfg.classes > 0;
-  printf("trained %lld epoch%s (%lld step%s) in %.1fs", (long long)r->epochs_done,
-         r->epochs_done == 1 ? "" : "s", (long long)r->step, r->step == 1 ? "" : "s",
-         r->train_seconds);
-  if (r->train_seconds > 0)
-    printf(", %.0f samples/s", (double)r->train_samples / r->train_seconds);
-  printf("\n");
+  print_trained(r);
   const Row *last = r->nrows ? &r->rows[r->nrows - 1] : NULL;
   if (last && last->has_train)
     print_result("train", cls, last->train_loss, last->train_acc);
@@ -1204,4 +1376,548 @@ int krt_finish(KrtRun *r) {
   free(csv);
   free(json);
   return r->guard_stopped ? 3 : 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// exact checkpoints and resume
+//
+// last.safetensors holds every tensor by name, params, buffers and optimizer state in that
+// order (with early stopping, once there is a best epoch, also its copy of each as
+// "best/<name>"), and in its metadata keel_program (the program's hash) and keel_state: a
+// JSON object with everything else the rest of the run depends on. Doubles are printed with
+// %.17g (the non-finite ones as the strings "nan", "inf", "-inf"), so each comes back bit for
+// bit. The state is at an epoch boundary (epoch: the next epoch to run, from 0; batch 0), or
+// inside an epoch an interrupt left open (batch: its training batches done; epoch_sums: its
+// partial sums). Random numbers are functions of the seed and the step, and the order of an
+// epoch of the seed and the epoch, so the step and the cursor are all the "RNG state" there is.
+
+enum { STATE_VERSION = 1 };
+
+static void put_double(FILE *f, double v) {
+  if (isfinite(v))
+    fprintf(f, "%.17g", v);
+  else
+    fputs(isnan(v) ? "\"nan\"" : v > 0 ? "\"inf\"" : "\"-inf\"", f);
+}
+
+static void put_counts(FILE *f, const char *key, const int64_t *v, int64_t n) {
+  fprintf(f, ",\"%s\":[", key);
+  for (int64_t i = 0; i < n; i++)
+    fprintf(f, "%s%lld", i ? "," : "", (long long)v[i]);
+  fputc(']', f);
+}
+
+// A fingerprint of the training set as loaded (after scale and holdout): a resumed run must
+// see the same samples.
+static uint64_t train_fingerprint(KrtRun *r) {
+  if (r->data_hashed)
+    return r->data_hash;
+  const KrtSet *s = &r->set[TRAIN];
+  uint64_t h = krt_hash((uint64_t)s->n, (uint64_t)s->features << 20 | (uint64_t)s->ydim);
+  const float *part[2] = {s->x, s->y};
+  int64_t count[2] = {s->n * s->features, s->n * s->ydim};
+  for (int p = 0; p < 2; p++)
+    for (int64_t i = 0; i < count[p]; i++) {
+      uint32_t bits;
+      memcpy(&bits, &part[p][i], sizeof bits);
+      h = krt_hash(h, bits);
+    }
+  r->data_hashed = true;
+  r->data_hash = h;
+  return h;
+}
+
+// keel_state: malloc'd JSON text.
+static char *state_json(KrtRun *r) {
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  if (!f)
+    krt_fail("out of memory writing a checkpoint");
+  bool boundary = r->epoch_closed;
+  Acc sums = boundary ? (Acc){0} : r->acc[TRAIN];
+  fprintf(f, "{\"version\":%d,\"seed\":\"%llu\",\"batch_size\":%lld,", STATE_VERSION,
+          (unsigned long long)r->cfg.seed, (long long)r->cfg.batch);
+  fprintf(f, "\"data\":{\"samples\":%lld,\"batches\":%lld,\"hash\":\"%016llx\"},",
+          (long long)r->set[TRAIN].n, (long long)r->nb,
+          (unsigned long long)train_fingerprint(r));
+  fprintf(f, "\"epochs\":%lld,\"total_steps\":%lld,", (long long)krt_epochs(r),
+          (long long)krt_total_steps(r));
+  fprintf(f, "\"step\":%lld,\"epoch\":%lld,\"batch\":%lld,\"epochs_done\":%lld,\"lr\":",
+          (long long)r->step, (long long)(boundary ? r->epoch + 1 : r->epoch),
+          (long long)(boundary ? 0 : r->batch_done), (long long)r->epochs_done);
+  put_double(f, r->lr);
+  fputs(",\"epoch_sums\":{\"loss\":", f);
+  put_double(f, sums.loss);
+  fprintf(f, ",\"samples\":%lld,\"correct\":%lld,\"seconds\":", (long long)sums.count,
+          (long long)sums.correct);
+  put_double(f, boundary ? 0 : r->part_seconds);
+  fputs("},\"train_seconds\":", f);
+  put_double(f, r->train_seconds);
+  fprintf(f, ",\"train_samples\":%lld,\"lr_scale\":", (long long)r->train_samples);
+  put_double(f, r->lr_scale);
+  fprintf(f, ",\"best_epoch\":%lld,\"best\":", (long long)r->best_epoch);
+  put_double(f, r->best);
+  fprintf(f, ",\"wait\":%lld,\"early_stopped\":%s,\"plateau_best\":", (long long)r->wait,
+          r->early_stopped ? "true" : "false");
+  put_double(f, r->plateau_best);
+  fprintf(f, ",\"plateau_bad\":%lld,\"lr_reductions\":[", (long long)r->plateau_bad);
+  for (int64_t i = 0; i < r->nreductions; i++) {
+    fprintf(f, "%s{\"epoch\":%lld,\"lr_scale\":", i ? "," : "", (long long)r->reductions[i].epoch);
+    put_double(f, r->reductions[i].lr_scale);
+    fputc('}', f);
+  }
+  fprintf(f, "],\"guard\":{\"used\":%s,\"stopped\":%s,\"good_steps\":%lld,\"run\":%d,\"recent\":[",
+          r->guard_used ? "true" : "false", r->guard_stopped ? "true" : "false",
+          (long long)r->good_steps, r->guard_run);
+  for (int64_t i = 0; i < r->good_steps && i < RECENT; i++) {
+    fputs(i ? "," : "", f);
+    put_double(f, r->recent[i]);
+  }
+  fputs("],\"events\":[", f);
+  for (int64_t i = 0; i < r->nevents; i++) {
+    const GuardEvent *e = &r->events[i];
+    fprintf(f, "%s{\"step\":%lld,\"epoch\":%lld,\"reason\":", i ? "," : "", (long long)e->step,
+            (long long)e->epoch);
+    json_str(f, e->reason);
+    fputs(",\"where\":", f);
+    json_str(f, where_of(e));
+    fputs(",\"lr_scale_after\":", f);
+    put_double(f, e->lr_scale_after);
+    fputc('}', f);
+  }
+  fputs("]},\"rows\":[", f);
+  for (int64_t i = 0; i < r->nrows; i++) {
+    const Row *w = &r->rows[i];
+    fprintf(f, "%s{\"epoch\":%lld,\"step\":%lld,\"lr\":", i ? "," : "", (long long)w->epoch,
+            (long long)w->step);
+    put_double(f, w->lr);
+    const char *key[2][2] = {{"train_loss", "train_accuracy"}, {"val_loss", "val_accuracy"}};
+    double v[2][2] = {{w->train_loss, w->train_acc}, {w->val_loss, w->val_acc}};
+    bool has[2] = {w->has_train, w->has_val};
+    for (int s = 0; s < 2; s++)
+      for (int j = 0; j < 2; j++) {
+        fprintf(f, ",\"%s\":", key[s][j]);
+        if (has[s])
+          put_double(f, v[s][j]);
+        else
+          fputs("null", f);
+      }
+    fputs(",\"seconds\":", f);
+    put_double(f, w->seconds);
+    fputc('}', f);
+  }
+  fputs("],\"optimizer_state\":[", f);
+  for (int i = 0, n = 0; i < r->cfg.ntensors; i++)
+    if (r->tensors[i].kind == KRT_STATE) {
+      fputs(n++ ? "," : "", f);
+      json_str(f, r->tensors[i].name);
+    }
+  fputc(']', f);
+  int64_t c = r->cfg.classes;
+  if (r->cm_set == KRT_VAL)  // the last val evaluation's matrix is the report's, if it ends here
+    put_counts(f, "cm", r->cm, c * c);
+  if (r->best_cm)
+    put_counts(f, "best_cm", r->best_cm, c * c);
+  fputc('}', f);
+  if (fclose(f) != 0)
+    krt_fail("out of memory writing a checkpoint");
+  return text;
+}
+
+// last.safetensors in out_dir, atomically, from the state as it is now.
+static void write_last(KrtRun *r) {
+  const char *dir = r->cfg.out_dir ? r->cfg.out_dir : ".";
+  mkdir_p(dir);
+  char *path = join(dir, "last.safetensors");
+  int nt = r->cfg.ntensors;
+  bool best = early_on(r) && r->best_epoch > 0;
+  KrtNamedTensor *t = krt_xmalloc((size_t)(2 * nt + 1) * sizeof(KrtNamedTensor));
+  char **names = krt_xmalloc((size_t)(nt + 1) * sizeof(char *));
+  int n = 0;
+  for (int pass = 0; pass < (best ? 2 : 1); pass++)
+    for (int k = 0; k < NKINDS; k++)
+      for (int i = 0; i < nt; i++) {
+        const KrtTensorDesc *d = &r->tensors[i];
+        if (d->kind != k)
+          continue;
+        KrtNamedTensor *nt_ = &t[n++];
+        *nt_ = (KrtNamedTensor){.name = d->name, .rank = d->rank, .data = r->data[i]};
+        memcpy(nt_->dim, d->dim, sizeof d->dim);
+        if (pass) {
+          names[i] = join("best", d->name);
+          nt_->name = names[i];
+          nt_->data = r->best_block[k] + (r->data[i] - r->block[k]);
+        }
+      }
+  char *state = state_json(r);
+  const char *meta[] = {"format", "pt", "producer", "keel", "keel_program",
+                        r->cfg.program_hash ? r->cfg.program_hash : "unknown",
+                        "keel_state", state};
+  krt_st_write(path, t, n, meta, 4);
+  r->ckpt_fresh = true;
+  for (int i = 0; i < nt; i++)
+    free(names[i]);
+  free(names);
+  free(t);
+  free(state);
+  free(path);
+}
+
+// Reading keel_state: every field must be there and of its type; numbers may be the strings
+// of the non-finite values.
+_Noreturn static void bad_state(const char *path, const char *key) {
+  krt_fail("%s: bad checkpoint state: '%s' is missing or malformed", path, key);
+}
+
+static const cJSON *jitem(const char *path, const cJSON *o, const char *key) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!v)
+    bad_state(path, key);
+  return v;
+}
+
+static double jnum(const char *path, const cJSON *o, const char *key) {
+  const cJSON *v = jitem(path, o, key);
+  if (cJSON_IsNumber(v))
+    return v->valuedouble;
+  if (cJSON_IsString(v) && strcmp(v->valuestring, "nan") == 0)
+    return NAN;
+  if (cJSON_IsString(v) && strcmp(v->valuestring, "inf") == 0)
+    return INFINITY;
+  if (cJSON_IsString(v) && strcmp(v->valuestring, "-inf") == 0)
+    return -INFINITY;
+  bad_state(path, key);
+}
+
+static int64_t jint(const char *path, const cJSON *o, const char *key, int64_t min) {
+  double d = jnum(path, o, key);
+  if (!(d == floor(d) && d >= (double)min && d <= 9007199254740992.0))
+    bad_state(path, key);
+  return (int64_t)d;
+}
+
+static bool jbool(const char *path, const cJSON *o, const char *key) {
+  const cJSON *v = jitem(path, o, key);
+  if (!cJSON_IsBool(v))
+    bad_state(path, key);
+  return cJSON_IsTrue(v);
+}
+
+static const char *jstr(const char *path, const cJSON *o, const char *key) {
+  const cJSON *v = jitem(path, o, key);
+  if (!cJSON_IsString(v))
+    bad_state(path, key);
+  return v->valuestring;
+}
+
+static const cJSON *jobj(const char *path, const cJSON *o, const char *key, bool array) {
+  const cJSON *v = jitem(path, o, key);
+  if (array ? !cJSON_IsArray(v) : !cJSON_IsObject(v))
+    bad_state(path, key);
+  return v;
+}
+
+static void jcounts(const char *path, const cJSON *o, const char *key, int64_t *out, int64_t n) {
+  const cJSON *a = jobj(path, o, key, true);
+  if (cJSON_GetArraySize(a) != n)
+    bad_state(path, key);
+  int64_t i = 0;
+  for (const cJSON *v = a->child; v; v = v->next, i++) {
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble != floor(v->valuedouble))
+      bad_state(path, key);
+    out[i] = (int64_t)v->valuedouble;
+  }
+}
+
+static bool listed(const cJSON *names, const char *name) {
+  for (const cJSON *v = names->child; v; v = v->next)
+    if (cJSON_IsString(v) && strcmp(v->valuestring, name) == 0)
+      return true;
+  return false;
+}
+
+static bool run_has(const KrtRun *r, const char *name) {
+  for (int i = 0; i < r->cfg.ntensors; i++)
+    if (strcmp(r->tensors[i].name, name) == 0)
+      return true;
+  return false;
+}
+
+static const char *shape_text(char *buf, size_t size, int rank, const int64_t *dim) {
+  size_t len = (size_t)snprintf(buf, size, "[");
+  for (int i = 0; i < rank && len < size; i++)
+    len += (size_t)snprintf(buf + len, size - len, "%s%lld", i ? ", " : "", (long long)dim[i]);
+  if (len < size)
+    snprintf(buf + len, size - len, "]");
+  return buf;
+}
+
+// Fails unless the checkpoint's tensor c (named name) is F32 of the shape of t. what: "network"
+// or "program"; differ: what another shape means.
+static void check_shape(const char *path, const char *name, const KrtStTensor *c,
+                        const KrtTensorDesc *t, const char *what, const char *differ) {
+  if (strcmp(c->dtype, "F32") != 0)
+    krt_fail("%s: tensor %s has dtype %s, expected F32", path, name, c->dtype);
+  bool same = c->rank == t->rank;
+  for (int d = 0; same && d < c->rank; d++)
+    same = c->dim[d] == t->dim[d];
+  if (!same) {
+    char got[160], want[160];
+    krt_fail("%s: the checkpoint's %s is %s but this %s's is %s (%s)", path, name,
+             shape_text(got, sizeof got, c->rank, c->dim), what,
+             shape_text(want, sizeof want, t->rank, t->dim), differ);
+  }
+}
+
+// What the checkpoint keeps for the parameter of optimizer state `name` (the name less its
+// last part): "; it has A", "; it has A and B", ...; or ", which keeps no state" when it holds
+// no optimizer state at all.
+static void state_alternatives(char *buf, size_t size, const KrtStFile *f, const cJSON *states,
+                               const char *name) {
+  const char *dot = strrchr(name, '.');
+  size_t owner = dot ? (size_t)(dot - name) + 1 : 0;
+  int total = 0, n = 0;
+  const char *found[64];
+  for (int j = 0; j < f->count; j++) {
+    const char *c = f->t[j].name;
+    if (strncmp(c, "best/", 5) == 0 || !listed(states, c))
+      continue;
+    total++;
+    if (owner && strncmp(c, name, owner) == 0 && !strchr(c + owner, '.') && n < 64)
+      found[n++] = c;
+  }
+  buf[0] = 0;
+  if (!total) {
+    snprintf(buf, size, ", which keeps no state");
+    return;
+  }
+  size_t len = 0;
+  for (int i = 0; i < n && len < size; i++)
+    len += (size_t)snprintf(buf + len, size - len, "%s%s", i == 0 ? "; it has " : i == n - 1 ? " and " : ", ",
+                            found[i]);
+}
+
+// The network first (params and buffers, both ways), then the optimizer's state: the first
+// difference, in words.
+static void check_tensors(const KrtRun *r, const char *path, const KrtStFile *f,
+                          const cJSON *states) {
+  for (int pass = 0; pass < 2; pass++) {
+    bool opt = pass == 1;
+    for (int i = 0; i < r->cfg.ntensors; i++) {
+      const KrtTensorDesc *t = &r->tensors[i];
+      if ((t->kind == KRT_STATE) != opt)
+        continue;
+      const KrtStTensor *c = krt_st_find(f, t->name);
+      if (!c && !opt)
+        krt_fail("%s: this network has %s, which the checkpoint lacks (a different model)", path,
+                 t->name);
+      if (!c) {
+        char alt[1024];
+        state_alternatives(alt, sizeof alt, f, states, t->name);
+        krt_fail("%s: this program needs the optimizer state %s, which the checkpoint lacks (it "
+                 "was trained with another optimizer%s)", path, t->name, alt);
+      }
+      check_shape(path, t->name, c, t, opt ? "program" : "network",
+                  opt ? "a different optimizer" : "a different model");
+    }
+    for (int j = 0; j < f->count; j++) {
+      const char *name = f->t[j].name;
+      if (strncmp(name, "best/", 5) == 0 || listed(states, name) != opt || run_has(r, name))
+        continue;
+      if (opt)
+        krt_fail("%s: the checkpoint has the optimizer state %s, which this program does not use "
+                 "(it was trained with another optimizer)", path, name);
+      krt_fail("%s: the checkpoint has %s, which this network lacks (a different model)", path,
+               name);
+    }
+  }
+}
+
+// The seed, the batch size and the training set: what the order of the samples depends on.
+static void check_data(KrtRun *r, const char *path, const cJSON *st) {
+  char seed[32];
+  snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->cfg.seed);
+  const char *saved = jstr(path, st, "seed");
+  if (strcmp(saved, seed) != 0)
+    krt_fail("%s: the checkpoint was trained with seed %s, this run has seed %s (a resumed run "
+             "must keep its seed)", path, saved, seed);
+  int64_t batch = jint(path, st, "batch_size", 1);
+  if (batch != r->cfg.batch)
+    krt_fail("%s: the checkpoint was trained with batch %lld, this run has batch %lld (a resumed "
+             "run must keep its batch size)", path, (long long)batch, (long long)r->cfg.batch);
+  const cJSON *data = jobj(path, st, "data", false);
+  int64_t n = jint(path, data, "samples", 0);
+  if (n != r->set[TRAIN].n)
+    krt_fail("%s: the checkpoint was trained on other data (%lld training samples, this run has "
+             "%lld)", path, (long long)n, (long long)r->set[TRAIN].n);
+  char hash[32];
+  snprintf(hash, sizeof hash, "%016llx", (unsigned long long)train_fingerprint(r));
+  if (strcmp(jstr(path, data, "hash"), hash) != 0)
+    krt_fail("%s: the checkpoint was trained on other data (as many training samples, %lld, but "
+             "other values)", path, (long long)n);
+}
+
+static void load_state(KrtRun *r, const char *path, const cJSON *st) {
+  r->step = jint(path, st, "step", 0);
+  r->epoch = jint(path, st, "epoch", 0);
+  r->batch_done = jint(path, st, "batch", 0);
+  if (r->batch_done > r->nb)
+    bad_state(path, "batch");
+  r->epochs_done = jint(path, st, "epochs_done", 0);
+  r->lr = (float)jnum(path, st, "lr");
+  const cJSON *sums = jobj(path, st, "epoch_sums", false);
+  r->acc[TRAIN] = (Acc){jnum(path, sums, "loss"), jint(path, sums, "samples", 0),
+                        jint(path, sums, "correct", 0)};
+  r->part_seconds = jnum(path, sums, "seconds");
+  r->train_seconds = jnum(path, st, "train_seconds");
+  r->train_samples = jint(path, st, "train_samples", 0);
+  r->lr_scale = jnum(path, st, "lr_scale");
+  r->best_epoch = jint(path, st, "best_epoch", 0);
+  r->best = jnum(path, st, "best");
+  r->wait = jint(path, st, "wait", 0);
+  r->early_stopped = jbool(path, st, "early_stopped");
+  r->plateau_best = jnum(path, st, "plateau_best");
+  r->plateau_bad = jint(path, st, "plateau_bad", 0);
+  r->nreductions = 0;
+  for (const cJSON *e = jobj(path, st, "lr_reductions", true)->child; e; e = e->next) {
+    r->reductions = grow(r->reductions, &r->cap_reductions, r->nreductions, sizeof(Reduction));
+    r->reductions[r->nreductions++] =
+        (Reduction){jint(path, e, "epoch", 1), jnum(path, e, "lr_scale")};
+  }
+
+  const cJSON *g = jobj(path, st, "guard", false);
+  r->guard_used = jbool(path, g, "used");
+  r->guard_stopped = jbool(path, g, "stopped");
+  r->good_steps = jint(path, g, "good_steps", 0);
+  r->guard_run = (int)jint(path, g, "run", 0);
+  const cJSON *recent = jobj(path, g, "recent", true);
+  int m = r->good_steps < RECENT ? (int)r->good_steps : RECENT, i = 0;
+  if (cJSON_GetArraySize(recent) != m)
+    bad_state(path, "recent");
+  for (const cJSON *v = recent->child; v; v = v->next, i++) {
+    if (!cJSON_IsNumber(v))
+      bad_state(path, "recent");
+    r->recent[i] = (float)v->valuedouble;
+  }
+  r->nevents = 0;
+  for (const cJSON *e = jobj(path, g, "events", true)->child; e; e = e->next) {
+    r->events = grow(r->events, &r->cap_events, r->nevents, sizeof(GuardEvent));
+    GuardEvent *ev = &r->events[r->nevents++];
+    *ev = (GuardEvent){.step = jint(path, e, "step", 1), .epoch = jint(path, e, "epoch", 1),
+                       .lr_scale_after = jnum(path, e, "lr_scale_after")};
+    snprintf(ev->reason, sizeof ev->reason, "%s", jstr(path, e, "reason"));
+    const cJSON *where = jitem(path, e, "where");
+    if (!cJSON_IsNull(where))
+      snprintf(ev->where, sizeof ev->where, "%s", jstr(path, e, "where"));
+  }
+
+  r->nrows = 0;
+  for (const cJSON *e = jobj(path, st, "rows", true)->child; e; e = e->next) {
+    r->rows = grow(r->rows, &r->cap_rows, r->nrows, sizeof(Row));
+    Row *w = &r->rows[r->nrows++];
+    *w = (Row){.epoch = jint(path, e, "epoch", 1), .step = jint(path, e, "step", 0),
+               .lr = jnum(path, e, "lr"), .seconds = jnum(path, e, "seconds")};
+    w->has_train = !cJSON_IsNull(jitem(path, e, "train_loss"));
+    w->has_val = !cJSON_IsNull(jitem(path, e, "val_loss"));
+    if (w->has_train) {
+      w->train_loss = jnum(path, e, "train_loss");
+      w->train_acc = jnum(path, e, "train_accuracy");
+    }
+    if (w->has_val) {
+      w->val_loss = jnum(path, e, "val_loss");
+      w->val_acc = jnum(path, e, "val_accuracy");
+    }
+  }
+  int64_t c = r->cfg.classes;
+  if (r->cm_set == KRT_VAL)
+    jcounts(path, st, "cm", r->cm, c * c);
+  if (r->best_cm)
+    jcounts(path, st, "best_cm", r->best_cm, c * c);
+  r->resume_pending = r->batch_done > 0;
+  r->epoch_closed = false;
+  r->ckpt_fresh = false;  // out_dir's last.safetensors is written anew
+}
+
+// Every tensor, and with early stopping the best epoch's copies.
+static void load_tensors(KrtRun *r, const char *path, const KrtStFile *f) {
+  for (int i = 0; i < r->cfg.ntensors; i++) {
+    const KrtStTensor *c = krt_st_find(f, r->tensors[i].name);
+    memcpy(r->data[i], c->data, (size_t)c->bytes);
+  }
+  if (!early_on(r) || r->best_epoch == 0)
+    return;
+  for (int i = 0; i < r->cfg.ntensors; i++) {
+    const KrtTensorDesc *t = &r->tensors[i];
+    char *name = join("best", t->name);
+    const KrtStTensor *c = krt_st_find(f, name);
+    if (!c)
+      krt_fail("%s: the checkpoint lacks %s, the best epoch's copy of %s (early stopping was off "
+               "when it was written)", path, name, t->name);
+    check_shape(path, name, c, t, "network", "a different model");
+    int k = t->kind;
+    memcpy(r->best_block[k] + (r->data[i] - r->block[k]), c->data, (size_t)c->bytes);
+    free(name);
+  }
+}
+
+void krt_resume(KrtRun *r, const char *path) {
+  KrtStFile f = krt_st_load(path);
+  const char *text = krt_st_meta(&f, "keel_state");
+  if (!text)
+    krt_fail("%s: not a checkpoint to resume from (its metadata has no keel_state; "
+             "final.safetensors and best.safetensors hold weights only, which --init starts a new "
+             "run from)", path);
+  cJSON *st = cJSON_Parse(text);
+  if (!cJSON_IsObject(st))
+    krt_fail("%s: bad checkpoint state: keel_state is not a JSON object", path);
+  int64_t version = jint(path, st, "version", 0);
+  if (version != STATE_VERSION)
+    krt_fail("%s: checkpoint state version %lld; this runtime reads version %d", path,
+             (long long)version, STATE_VERSION);
+
+  check_tensors(r, path, &f, jobj(path, st, "optimizer_state", true));
+  check_data(r, path, st);
+  const char *program = krt_st_meta(&f, "keel_program");
+  const char *mine = r->cfg.program_hash ? r->cfg.program_hash : "unknown";
+  int64_t nb = jint(path, jobj(path, st, "data", false), "batches", 0);
+  if (strcmp(program ? program : "unknown", mine) != 0 || nb != r->nb)
+    krt_fail("%s: written by a different program (the same tensors, but the loss, schedule or "
+             "settings differ)", path);
+
+  load_state(r, path, st);
+  load_tensors(r, path, &f);
+  if (r->batch_done > 0)
+    printf("resuming from %s: epoch %lld, batch %lld of %lld (step %lld)\n", path,
+           (long long)r->epoch + 1, (long long)r->batch_done, (long long)r->nb,
+           (long long)r->step);
+  else if (r->epoch > 0)
+    printf("resuming from %s after epoch %lld (step %lld)\n", path, (long long)r->epoch,
+           (long long)r->step);
+  else
+    printf("resuming from %s at the start\n", path);
+  int64_t planned = jint(path, st, "total_steps", 0);
+  if (planned != krt_total_steps(r))
+    printf("note: the checkpoint's run was to train %lld steps, this one %lld; a schedule over "
+           "the whole run follows the new count\n", (long long)planned,
+           (long long)krt_total_steps(r));
+  fflush(stdout);
+  cJSON_Delete(st);
+  krt_st_close(&f);
+}
+
+int64_t krt_first_epoch(KrtRun *r) {
+  // nothing left to train: interrupted before the loop, or a checkpoint of a run whose training
+  // had ended (early stopping, the guard, the step limit; the epoch count ends the loop itself)
+  if (poll_interrupt(r) || r->early_stopped ||
+      (!r->resume_pending && (step_limit(r) || r->guard_stopped)))
+    return krt_epochs(r);
+  return r->epoch;
+}
+
+int64_t krt_first_batch(KrtRun *r) {
+  // an epoch resumed after its training ended (step limit, guard) only evaluates and closes
+  if (poll_interrupt(r) || step_limit(r) || r->guard_stopped)
+    return r->nb;
+  return r->batch0;
 }

@@ -5,8 +5,10 @@
 // "__metadata__": {...}}), then the raw little-endian data; offsets count from the end of the
 // header. Key idea: the reader trusts nothing. It validates the whole header (lengths, JSON,
 // every entry's dtype, shape and offsets against the file size) before it copies any data,
-// and every error names the file and the tensor. The writer pads the header with spaces so
-// the data starts 8-byte aligned, and writes through krt_write_atomic.
+// and every error names the file and the tensor. krt_st_read fills the model's tensors by
+// name; krt_st_load hands back the whole file (every tensor and the metadata), for a
+// checkpoint that holds more than the model asks for. The writer pads the header with spaces
+// so the data starts 8-byte aligned, and writes through krt_write_atomic.
 
 #include "keelrt.h"
 
@@ -140,7 +142,7 @@ static int get_count(const cJSON *j, int64_t *v) {
   return 1;
 }
 
-enum { ST_MAX_RANK = 8 };  // shapes we can print and compare; the model's tensors have rank ≤ 4
+enum { ST_MAX_RANK = KRT_ST_MAX_RANK };  // the model's tensors have rank ≤ 4
 
 typedef struct {
   const char *dtype;
@@ -202,7 +204,16 @@ static uint8_t *read_file(const char *path, int64_t *size) {
   return buf;
 }
 
-void krt_st_read(const char *path, KrtNamedTensor *t, int count) {
+typedef struct {
+  uint8_t *buf;        // the whole file
+  cJSON *root;         // its header
+  const uint8_t *data; // where the data starts
+  int64_t data_size;
+} StParsed;
+
+// Reads path and checks its whole header (every entry against the data) before anything is
+// trusted.
+static StParsed parse_file(const char *path) {
   int64_t size;
   uint8_t *buf = read_file(path, &size);
   if (size < 8)
@@ -217,18 +228,21 @@ void krt_st_read(const char *path, KrtNamedTensor *t, int count) {
   cJSON *root = cJSON_ParseWithLength((const char *)buf + 8, (size_t)n);
   if (!cJSON_IsObject(root))
     krt_fail("%s: not a safetensors file (the header is not a JSON object)", path);
-  int64_t data_size = size - 8 - (int64_t)n;
-  const uint8_t *data = buf + 8 + n;
+  StParsed p = {buf, root, buf + 8 + n, size - 8 - (int64_t)n};
   for (const cJSON *e = root->child; e; e = e->next)
     if (strcmp(e->string, "__metadata__") != 0)
-      check_entry(path, e, data_size);
+      check_entry(path, e, p.data_size);
+  return p;
+}
 
+void krt_st_read(const char *path, KrtNamedTensor *t, int count) {
+  StParsed p = parse_file(path);
   // everything is consistent: fill the model's tensors by name
   for (int i = 0; i < count; i++) {
-    const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, t[i].name);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(p.root, t[i].name);
     if (!e || strcmp(t[i].name, "__metadata__") == 0)
       krt_fail("%s: no tensor named '%s'", path, t[i].name);
-    StEntry s = check_entry(path, e, data_size);
+    StEntry s = check_entry(path, e, p.data_size);
     if (strcmp(s.dtype, "F32") != 0)
       krt_fail("%s: tensor %s has dtype %s, expected F32", path, t[i].name, s.dtype);
     int same = s.rank == t[i].rank;
@@ -240,8 +254,64 @@ void krt_st_read(const char *path, KrtNamedTensor *t, int count) {
                shape_str(got, sizeof got, s.rank, s.dim),
                shape_str(want, sizeof want, t[i].rank, t[i].dim));
     }
-    memcpy(t[i].data, data + s.begin, (size_t)(s.end - s.begin));
+    memcpy(t[i].data, p.data + s.begin, (size_t)(s.end - s.begin));
   }
-  cJSON_Delete(root);
-  free(buf);
+  cJSON_Delete(p.root);
+  free(p.buf);
+}
+
+KrtStFile krt_st_load(const char *path) {
+  StParsed p = parse_file(path);
+  KrtStFile f = {.file_ = p.buf, .header_ = p.root};
+  int n = 0, nm = 0;
+  const cJSON *meta = NULL;
+  for (const cJSON *e = p.root->child; e; e = e->next) {
+    if (strcmp(e->string, "__metadata__") == 0)
+      meta = cJSON_IsObject(e) ? e : NULL;  // the format's metadata: strings only
+    else
+      n++;
+  }
+  for (const cJSON *m = meta ? meta->child : NULL; m; m = m->next)
+    nm += cJSON_IsString(m);
+  f.t = krt_xmalloc((size_t)(n ? n : 1) * sizeof(KrtStTensor));
+  f.meta = krt_xmalloc((size_t)(2 * nm + 1) * sizeof(const char *));
+  for (const cJSON *e = p.root->child; e; e = e->next) {
+    if (strcmp(e->string, "__metadata__") == 0)
+      continue;
+    StEntry s = check_entry(path, e, p.data_size);
+    KrtStTensor *t = &f.t[f.count++];
+    *t = (KrtStTensor){.name = e->string, .dtype = s.dtype, .rank = s.rank,
+                       .data = p.data + s.begin, .bytes = s.end - s.begin};
+    memcpy(t->dim, s.dim, sizeof s.dim);
+  }
+  for (const cJSON *m = meta ? meta->child : NULL; m; m = m->next) {
+    if (!cJSON_IsString(m))
+      continue;  // not the format's, and never keel's
+    f.meta[2 * f.nmeta] = m->string;
+    f.meta[2 * f.nmeta + 1] = m->valuestring;
+    f.nmeta++;
+  }
+  return f;
+}
+
+const KrtStTensor *krt_st_find(const KrtStFile *f, const char *name) {
+  for (int i = 0; i < f->count; i++)
+    if (strcmp(f->t[i].name, name) == 0)
+      return &f->t[i];
+  return NULL;
+}
+
+const char *krt_st_meta(const KrtStFile *f, const char *key) {
+  for (int i = 0; i < f->nmeta; i++)
+    if (strcmp(f->meta[2 * i], key) == 0)
+      return f->meta[2 * i + 1];
+  return NULL;
+}
+
+void krt_st_close(KrtStFile *f) {
+  cJSON_Delete(f->header_);
+  free(f->file_);
+  free(f->t);
+  free(f->meta);
+  *f = (KrtStFile){0};
 }

@@ -7,6 +7,8 @@
 #              relative error of 1e-4 of PyTorch's weights (written by tests/parity/gen.py)
 #   schedules  `keel schedule` of tests/parity/schedules/NAME.nn must follow PyTorch's
 #              scheduler (NAME.lr.csv, from tests/parity/gen_schedules.py) within 1e-5
+#   aot        each script trains through the JIT and through a `keel build` trainer: the same
+#              weights byte for byte; predict matches the run's accuracy; cross objects
 #   errors     tests/errors/NAME.nn must fail `keel check` with exit status 1 and print
 #              exactly tests/errors/NAME.err on stderr
 #   end to end the examples train through the JIT and reach their accuracy; the same seed
@@ -16,6 +18,7 @@
 set -u
 cd "$(dirname "$0")/.."
 KEEL=${KEEL:-./build/keel}
+KEEL_ABS=$(cd "$(dirname "$KEEL")" && pwd)/$(basename "$KEEL")
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 passed=0 failed=0
@@ -56,7 +59,7 @@ if [ "$only" = all ] || [ "$only" = errors ]; then
     [ -e "$nn" ] || continue
     n=$((n + 1))
     want=${nn%.nn}.err
-    (cd tests/errors && "../../$KEEL" check "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
+    (cd tests/errors && "$KEEL_ABS" check "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
     status=$?
     if [ $status != 1 ]; then
       fail "$nn: exit status $status, want 1"
@@ -94,8 +97,8 @@ if [ "$only" = all ] || [ "$only" = lints ]; then
     name=$(basename "$nn")
     want=${nn%.nn}.out
     case $name in
-      run_*) (cd tests/lints && "../../$KEEL" run "$name" --out "$TMP/lint-${name%.nn}") ;;
-      *) (cd tests/lints && "../../$KEEL" check "$name") ;;
+      run_*) (cd tests/lints && "$KEEL_ABS" run "$name" --out "$TMP/lint-${name%.nn}") ;;
+      *) (cd tests/lints && "$KEEL_ABS" check "$name") ;;
     esac > "$TMP/out" 2> "$TMP/err"
     status=$?
     if [ $status != 0 ]; then
@@ -128,7 +131,7 @@ if [ "$only" = all ] || [ "$only" = explain ]; then
     [ -e "$nn" ] || continue
     n=$((n + 1))
     want=${nn%.nn}.out
-    (cd tests/explain && "../../$KEEL" explain "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
+    (cd tests/explain && "$KEEL_ABS" explain "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
     status=$?
     if [ $status != 0 ]; then
       fail "$nn: exit status $status, want 0"
@@ -160,7 +163,7 @@ if [ "$only" = all ] || [ "$only" = parity ]; then
   # PyTorch reference cases (tests/parity/gen.py): weights after N steps, relative error 1e-4
   for nn in tests/parity/*.nn; do
     name=$(basename "${nn%.nn}")
-    if (cd tests/parity && "../../$KEEL" run "$name.nn" --init "$name.init.safetensors" \
+    if (cd tests/parity && "$KEEL_ABS" run "$name.nn" --init "$name.init.safetensors" \
           --no-shuffle --out "$TMP/parity-$name") > "$TMP/parity.log" 2>&1 &&
        build/test/st_compare "tests/parity/$name.want.safetensors" \
           "$TMP/parity-$name/final.safetensors" 1e-4 > "$TMP/cmp.log"; then
@@ -186,7 +189,7 @@ if [ "$only" = all ] || [ "$only" = schedules ]; then
   # learning-rate curves against torch.optim.lr_scheduler (tests/parity/gen_schedules.py)
   for nn in tests/parity/schedules/*.nn; do
     name=$(basename "${nn%.nn}")
-    if (cd tests/parity/schedules && "../../../$KEEL" schedule "$name.nn") > "$TMP/lr.csv" 2> "$TMP/lr.err" &&
+    if (cd tests/parity/schedules && "$KEEL_ABS" schedule "$name.nn") > "$TMP/lr.csv" 2> "$TMP/lr.err" &&
        awk -F, 'NR == FNR { if (FNR > 1) want[$1] = $2; next }
                 FNR > 1 { n++; d = $3 - want[$1]; if (d < 0) d = -d; m = want[$1] < 0 ? -want[$1] : want[$1];
                           if (!($1 in want) || d > 1e-5 * (m > 1e-3 ? m : 1e-3)) { print "step " $1 ": keel " $3 ", torch " want[$1]; bad++ } }
@@ -196,6 +199,86 @@ if [ "$only" = all ] || [ "$only" = schedules ]; then
       fail "schedule $name"; head -n 5 "$TMP/lr.diff" "$TMP/lr.err"
     fi
   done
+fi
+
+if [ "$only" = all ] || [ "$only" = aot ]; then
+  # One corpus, two engines: each script trains through the JIT (keel run) and through a
+  # built trainer (keel build), and both must leave byte-identical weights and the same
+  # report (apart from timings). The trainer carries no LLVM.
+  for case in "examples/xor.nn|" "examples/fashion_mlp.nn|--steps 120 --seed 3" \
+              "tests/e2e/early_stop.nn|" "tests/e2e/diverge.nn|"; do
+    nn=${case%%|*} args=${case#*|} name=$(basename "${nn%.nn}")
+    dir=$(dirname "$nn")
+    if ! $KEEL build "$nn" -o "$TMP/$name.trainer" > "$TMP/build.log" 2>&1; then
+      fail "build $nn"; tail -n 5 "$TMP/build.log"; continue
+    fi
+    (cd "$dir" && "$KEEL_ABS" run "$(basename "$nn")" $args --out "$TMP/$name.jit") > /dev/null 2>&1
+    s1=$?
+    (cd "$dir" && "$TMP/$name.trainer" $args --out "$TMP/$name.aot") > /dev/null 2>&1
+    s2=$?
+    [ $s1 = $s2 ] && ok || fail "$nn: exit status $s1 through the JIT, $s2 through the trainer"
+    cmp -s "$TMP/$name.jit/final.safetensors" "$TMP/$name.aot/final.safetensors" && ok ||
+      fail "$nn: the JIT and the trainer trained different weights"
+    strip() { grep -v -E '"(samples_per_second|compile_seconds)"' "$1"; }
+    [ "$(strip "$TMP/$name.jit/report.json")" = "$(strip "$TMP/$name.aot/report.json")" ] && ok ||
+      fail "$nn: report.json differs between the JIT and the trainer"
+  done
+  ldd "$TMP/xor.trainer" | grep -qi llvm && fail "the trainer links LLVM" || ok
+  "$TMP/xor.trainer" --help | grep -Eq "^dense2 +dense +\[n, 2\] +18$" && ok ||
+    fail "trainer --help does not show the layer table"
+  # predictions: one row per test image, and the same accuracy as the run's test_accuracy
+  "$TMP/fashion_mlp.trainer" predict --weights "$TMP/fashion_mlp.aot/final.safetensors" \
+    /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --out "$TMP/pred.csv" > /dev/null 2>&1
+  [ "$(wc -l < "$TMP/pred.csv")" = 10001 ] && ok || fail "predict: not one row per test image"
+  zcat /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz | od -An -v -tu1 -w1 -j8 |
+    tr -d ' ' > "$TMP/labels.txt"
+  acc=$(tail -n +2 "$TMP/pred.csv" | cut -d, -f1 | paste -d' ' - "$TMP/labels.txt" |
+        awk '{ n++; ok += $1 == $2 } END { printf "%.4f", ok / n }')
+  want=$(json "$TMP/fashion_mlp.aot/report.json" test_accuracy)
+  awk -v a="$acc" -v b="$want" 'BEGIN { exit !(a == b + 0) }' && ok ||
+    fail "predict: accuracy $acc, the run's test_accuracy $want"
+  $KEEL predict examples/fashion_mlp.nn --weights "$TMP/fashion_mlp.aot/final.safetensors" \
+    /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --out "$TMP/pred2.csv" > /dev/null 2>&1
+  cmp -s "$TMP/pred.csv" "$TMP/pred2.csv" && ok || fail "keel predict and trainer predict differ"
+  # exact resume: a trainer killed with SIGKILL mid-epoch and resumed from last.safetensors
+  # ends with the same bytes as an uninterrupted run; so does `keel run` stopped by Ctrl-C
+  t="$TMP/fashion_mlp.trainer"
+  "$t" --epochs 3 --seed 5 --out "$TMP/full" > /dev/null 2>&1
+  "$t" --epochs 3 --seed 5 --out "$TMP/killed" > /dev/null 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do [ -e "$TMP/killed/last.safetensors" ] && break; sleep 0.05; done
+  sleep 0.3
+  kill -9 $pid 2> /dev/null
+  wait $pid 2> /dev/null
+  [ ! -e "$TMP/killed/final.safetensors" ] && ok || fail "resume: the run finished before it was killed"
+  "$t" --epochs 3 --seed 5 --out "$TMP/killed" --resume "$TMP/killed/last.safetensors" > /dev/null 2>&1
+  cmp -s "$TMP/full/final.safetensors" "$TMP/killed/final.safetensors" && ok ||
+    fail "resume after SIGKILL: final.safetensors differs from the uninterrupted run's"
+  # (job control on: a background job of a script would otherwise start with SIGINT ignored)
+  status=$(set -m
+    $KEEL run examples/fashion_mlp.nn --epochs 2 --seed 5 --out "$TMP/int" > /dev/null 2>&1 &
+    pid=$!
+    for _ in $(seq 1 600); do [ -e "$TMP/int/last.safetensors" ] && break; sleep 0.05; done
+    sleep 0.4
+    kill -INT $pid 2> /dev/null
+    wait $pid
+    echo $?)
+  [ $status = 130 ] && ok || fail "Ctrl-C: exit status $status, want 130"
+  $KEEL run examples/fashion_mlp.nn --epochs 2 --seed 5 --out "$TMP/int" --resume "$TMP/int/last.safetensors" > /dev/null 2>&1
+  $KEEL run examples/fashion_mlp.nn --epochs 2 --seed 5 --out "$TMP/int2" > /dev/null 2>&1
+  cmp -s "$TMP/int/final.safetensors" "$TMP/int2/final.safetensors" && ok ||
+    fail "resume after Ctrl-C: final.safetensors differs from the uninterrupted run's"
+  # resuming into another model is refused, saying what differs
+  $KEEL run examples/xor.nn --resume "$TMP/full/last.safetensors" --out "$TMP/wrong" > /dev/null 2> "$TMP/wrong.err"
+  status=$?
+  [ $status = 1 ] && grep -q "different model" "$TMP/wrong.err" && ok ||
+    { fail "resume into another model: exit status $status"; cat "$TMP/wrong.err"; }
+
+  # objects for this machine and for another architecture
+  $KEEL build examples/xor.nn -o "$TMP/xor.o" --emit obj > /dev/null 2>&1 &&
+    [ "$(od -An -tx1 -j18 -N2 "$TMP/xor.o" | tr -d ' ')" = 3e00 ] && ok || fail "build --emit obj (x86-64)"
+  $KEEL build examples/xor.nn -o "$TMP/xor-arm.o" --emit obj --target aarch64-linux-gnu > /dev/null 2>&1 &&
+    [ "$(od -An -tx1 -j18 -N2 "$TMP/xor-arm.o" | tr -d ' ')" = b700 ] && ok || fail "build --target aarch64 --emit obj"
 fi
 
 if [ "$only" = all ] || [ "$only" = e2e ]; then
@@ -240,7 +323,7 @@ if [ "$only" = all ] || [ "$only" = e2e ]; then
 
   # the divergence guard: lr=50 blows up; bad steps are discarded, training stops with exit
   # status 3 and advice, and the saved weights are the last good ones, all finite
-  (cd tests/e2e && "../../$KEEL" run diverge.nn --out "$TMP/dv") > "$TMP/dv.log" 2>&1
+  (cd tests/e2e && "$KEEL_ABS" run diverge.nn --out "$TMP/dv") > "$TMP/dv.log" 2>&1
   status=$?
   [ $status = 3 ] && ok || fail "diverge: exit status $status, want 3"
   [ "$(json "$TMP/dv/report.json" stopped)" = '"guard"' ] && ok || fail "diverge: stopped is not \"guard\""
@@ -250,12 +333,31 @@ if [ "$only" = all ] || [ "$only" = e2e ]; then
   build/test/st_compare --finite "$TMP/dv/final.safetensors" > /dev/null && ok ||
     fail "diverge: final.safetensors holds a non-finite value"
   # early stopping on labels that are noise: it fires and the best epoch's weights come back
-  (cd tests/e2e && "../../$KEEL" run early_stop.nn --out "$TMP/es") > "$TMP/es.log" 2>&1 && ok ||
+  (cd tests/e2e && "$KEEL_ABS" run early_stop.nn --out "$TMP/es") > "$TMP/es.log" 2>&1 && ok ||
     fail "early_stop: keel run failed"
   [ "$(json "$TMP/es/report.json" early_stopped)" = true ] && ok || fail "early_stop: did not fire"
   cmp -s "$TMP/es/final.safetensors" "$TMP/es/best.safetensors" && ok ||
     fail "early_stop: final.safetensors is not the best epoch's weights"
   grep -q "overfitting" "$TMP/es.log" && ok || fail "early_stop: the report does not mention overfitting"
+
+  # cnn: the Fashion-MNIST CNN (examples/fashion_cnn.nn, IDX images as [n, 1, 28, 28])
+  # learns in 40 steps (test accuracy 0.754 when measured; chance is 0.1), and keel check
+  # lists its image shapes and parameter counts as torch counts them
+  if $KEEL run examples/fashion_cnn.nn --steps 40 --out "$TMP/cnn" > "$TMP/cnn.log" 2>&1; then
+    acc=$(json "$TMP/cnn/report.json" test_accuracy)
+    at_least "$acc" 0.65 && ok || fail "fashion_cnn: test_accuracy $acc after 40 steps, want >= 0.65"
+    [ "$(json "$TMP/cnn/report.json" parameters)" = 421834 ] && ok ||
+      fail "fashion_cnn: report.json's parameters is not 421834"
+  else
+    fail "fashion_cnn: keel run failed"; tail -n 5 "$TMP/cnn.log"
+  fi
+  $KEEL check examples/fashion_cnn.nn > "$TMP/cnncheck" 2>&1
+  for row in 'input +\[n, 1, 28, 28\]' 'conv1 +conv +\[n, 32, 28, 28\] +320' \
+             'batchnorm1 +batchnorm +\[n, 32, 28, 28\] +64' 'maxpool1 +maxpool +\[n, 32, 14, 14\] +0' \
+             'conv2 +conv +\[n, 64, 14, 14\] +18496' 'flatten1 +flatten +\[n, 3136\] +0' \
+             'dense1 +dense +\[n, 128\] +401536' 'total +421834'; do
+    grep -Eq "^$row *$" "$TMP/cnncheck" && ok || fail "check examples/fashion_cnn.nn: no row /$row/"
+  done
 
   # the stages are visible
   $KEEL emit ir examples/xor.nn > "$TMP/ir" 2>&1

@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <zlib.h>
 
@@ -1494,6 +1495,676 @@ static void test_regression_report(void) {
   krt_run_free(s.r);
 }
 
+// ---------------------------------------------------------------------------------------------
+// exact checkpoints, interruption and resume
+//
+// A tiny softmax regression trained by hand through the loop the compiler generates: a
+// momentum optimizer (state tensors), a running-mean buffer, "dropout" noise keyed by the
+// step, a schedule over the total steps, a NaN step and a spike for the guard, on_plateau, a
+// holdout for validation. Every weight depends on the order and count of the steps, so a
+// resumed run that missed or repeated anything would not end byte-identical.
+
+static const KrtTensorDesc sim_descs[] = {
+    {.name = "dense.weight", .kind = KRT_PARAM, .rank = 2, .dim = {3, 2}, .init = KRT_UNIFORM,
+     .a = -0.5, .b = 0.5},
+    {.name = "dense.bias", .kind = KRT_PARAM, .rank = 1, .dim = {3}, .init = KRT_CONST, .a = 0.1},
+    {.name = "bn.mean", .kind = KRT_BUFFER, .rank = 1, .dim = {3}, .init = KRT_CONST},
+    {.name = "dense.weight.exp_avg", .kind = KRT_STATE, .rank = 2, .dim = {3, 2}},
+    {.name = "dense.bias.exp_avg", .kind = KRT_STATE, .rank = 1, .dim = {3}},
+};
+
+static KrtConfig sim_config(const char *out) {
+  return (KrtConfig){
+      .script = "tests/data/smoke.nn", .out_dir = path_in(out),
+      .train_kind = 2, .train_path = "small.csv", .holdout = 0.2,
+      .test_kind = 2, .test_path = "small.csv",
+      .features = 2, .ydim = 1, .classes = 3,
+      .batch = 2, .epochs = 8, .seed = 11, .shuffle = true, .threads = 1,
+      .tensors = sim_descs, .ntensors = 5, .parameters = 9,
+      .program_hash = "prog-1", .resume_hint = "keel run smoke.nn",
+      .spike_factor = 3, .plateau_patience = 1, .plateau_factor = 0.5,
+  };
+}
+
+enum { AT_NONE, AT_START, AT_STEP, AT_VAL, AT_END };
+
+typedef struct {
+  KrtConfig cfg;
+  const char *resume;  // krt_resume from this file; NULL: init from the seed
+  int at, sig;         // raise sig AT_START (before the loop), AT_STEP (during step `when`),
+  int64_t when;        // AT_VAL (during the val evaluation of epoch `when`) or AT_END
+  int twice;           // raise it twice (the second one kills)
+  int64_t kill_at;     // raise SIGKILL during this step; -1: never
+} Sim;
+
+static void sim_forward(KrtRun *r, const float *x, int64_t n, float *out) {
+  const float *w = krt_tensor(r, 0), *b = krt_tensor(r, 1);
+  for (int64_t i = 0; i < n; i++)
+    for (int c = 0; c < 3; c++)
+      out[3 * i + c] = 0.1f * (w[2 * c] * x[2 * i] + w[2 * c + 1] * x[2 * i + 1]) + b[c];
+}
+
+// Mean cross-entropy; g (when given) gets d loss / d out.
+static float sim_loss(const float *out, const float *y, int64_t n, float *g) {
+  double loss = 0;
+  for (int64_t i = 0; i < n; i++) {
+    const float *o = out + 3 * i;
+    float m = fmaxf(o[0], fmaxf(o[1], o[2]));
+    double z = exp(o[0] - m) + exp(o[1] - m) + exp(o[2] - m);
+    loss += log(z) + m - o[(int)y[i]];
+    for (int c = 0; g && c < 3; c++)
+      g[3 * i + c] = (float)((exp(o[c] - m) / z - (c == (int)y[i])) / (double)n);
+  }
+  return (float)(loss / (double)n);
+}
+
+static void sim_step(KrtRun *r, uint64_t seed, const float *x, const float *y, int64_t n,
+                     int64_t step, float lr, float *out, float *loss) {
+  float *w = krt_tensor(r, 0), *b = krt_tensor(r, 1), *bn = krt_tensor(r, 2);
+  float *mw = krt_tensor(r, 3), *mb = krt_tensor(r, 4);
+  float g[6], gw[6] = {0}, gb[3] = {0}, noise[9];
+  sim_forward(r, x, n, out);
+  *loss = sim_loss(out, y, n, g);
+  krt_rand_fill(noise, 9, seed, 7, (uint64_t)step);  // "dropout": keyed by the step
+  for (int64_t i = 0; i < n; i++)
+    for (int c = 0; c < 3; c++) {
+      gw[2 * c] += 0.1f * g[3 * i + c] * x[2 * i];
+      gw[2 * c + 1] += 0.1f * g[3 * i + c] * x[2 * i + 1];
+      gb[c] += g[3 * i + c];
+    }
+  float grad_sq = 0;
+  for (int j = 0; j < 9; j++) {
+    float *gj = j < 6 ? &gw[j] : &gb[j - 6];
+    *gj += 0.01f * (noise[j] - 0.5f);
+    grad_sq += *gj * *gj;
+  }
+  if (step == 5)
+    *loss = NAN;  // discarded by the guard
+  if (step == 26)
+    *loss *= 50;  // a spike: the guard needs the window of recent losses to see it
+  if (!krt_guard(r, *loss, grad_sq, n))
+    return;
+  for (int j = 0; j < 6; j++) {
+    mw[j] = 0.9f * mw[j] + gw[j];
+    w[j] -= lr * mw[j];
+  }
+  for (int c = 0; c < 3; c++) {
+    mb[c] = 0.9f * mb[c] + gb[c];
+    b[c] -= lr * mb[c];
+    bn[c] = 0.9f * bn[c] + 0.1f * out[c];
+  }
+}
+
+// The whole run, as the generated loop and the driver run it; returns krt_finish's status.
+static int sim(void *arg) {
+  const Sim *s = arg;
+  KrtRun *r = krt_run_new(&s->cfg);
+  if (s->resume)
+    krt_resume(r, s->resume);
+  else
+    krt_init_tensors(r);
+  if (s->at == AT_START)
+    raise(s->sig);
+  float x[4], y[2], out[6], loss;
+  int64_t epochs = krt_epochs(r), total = krt_total_steps(r);
+  for (int64_t e = krt_first_epoch(r); e < epochs; e++) {
+    int64_t nb = krt_epoch_begin(r, e);
+    for (int64_t b = krt_first_batch(r); b < nb; b++) {
+      int64_t n = krt_train_batch(r, b, x, y);
+      int64_t step = krt_step(r);
+      if (step == s->kill_at)
+        raise(SIGKILL);
+      if (s->at == AT_STEP && step == s->when) {
+        raise(s->sig);
+        if (s->twice)
+          raise(s->sig);
+      }
+      float lr = 0.5f * (1 - (float)step / (float)total) * krt_lr_scale(r);
+      sim_step(r, s->cfg.seed, x, y, n, step, lr, out, &loss);
+      if (krt_train_step_end(r, loss, out, y, n, lr))
+        break;
+    }
+    int64_t nv = krt_eval_begin(r, KRT_VAL);
+    for (int64_t b = 0; b < nv; b++) {
+      if (s->at == AT_VAL && e == s->when && b == 0)
+        raise(s->sig);
+      int64_t n = krt_eval_batch(r, KRT_VAL, b, x, y);
+      sim_forward(r, x, n, out);
+      krt_eval_step_end(r, KRT_VAL, sim_loss(out, y, n, NULL), out, y, n);
+    }
+    if (krt_epoch_end(r))
+      break;
+  }
+  if (s->at == AT_END)
+    raise(s->sig);
+  krt_train_end(r);
+  int64_t nt = krt_eval_begin(r, KRT_TEST);
+  for (int64_t b = 0; b < nt; b++) {
+    int64_t n = krt_eval_batch(r, KRT_TEST, b, x, y);
+    sim_forward(r, x, n, out);
+    krt_eval_step_end(r, KRT_TEST, sim_loss(out, y, n, NULL), out, y, n);
+  }
+  int status = krt_finish(r);
+  krt_run_free(r);
+  return status;
+}
+
+static char sim_stdout[256];
+
+// Runs the simulation in a child (stdout into sim_stdout's file, stderr beside it); returns
+// its exit status, or 1000 + the signal that ended it.
+static int run_sim(Sim s) {
+  snprintf(sim_stdout, sizeof sim_stdout, "%s/sim_stdout.txt", tmp);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    char errp[300];
+    snprintf(errp, sizeof errp, "%s.err", sim_stdout);
+    int fd = open(sim_stdout, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fe = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fe, 2);
+    int status = sim(&s);
+    fflush(stdout);
+    _exit(status);
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  return WIFSIGNALED(status) ? 1000 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+static Sim sim_of(const char *out) {
+  return (Sim){.cfg = sim_config(out), .kill_at = -1};
+}
+
+static int same_file(const char *a, const char *b) {
+  long la, lb;
+  char *x = slurp(a, &la), *y = slurp(b, &lb);
+  int same = x && y && la == lb && memcmp(x, y, (size_t)la) == 0;
+  free(x);
+  free(y);
+  return same;
+}
+
+// metrics.csv without its last column (seconds); report.json without samples_per_second.
+static char *metrics_sans_seconds(const char *dir) {
+  char name[128];
+  snprintf(name, sizeof name, "%s/metrics.csv", dir);
+  char *csv = slurp(path_in(name), NULL), *out = calloc(1, csv ? strlen(csv) + 1 : 1);
+  size_t k = 0;
+  for (char *line = csv; line && *line;) {
+    char *end = strchr(line, '\n'), *comma = line;
+    for (char *c = line; c < end; c++)
+      if (*c == ',')
+        comma = c;
+    memcpy(out + k, line, (size_t)(comma - line));
+    k += (size_t)(comma - line);
+    out[k++] = '\n';
+    line = end + 1;
+  }
+  free(csv);
+  return out;
+}
+
+static char *report_sans_speed(const char *dir) {
+  char name[128];
+  snprintf(name, sizeof name, "%s/report.json", dir);
+  char *json = slurp(path_in(name), NULL);
+  char *p = json ? strstr(json, "  \"samples_per_second\"") : NULL;
+  if (p)
+    memmove(p, strchr(p, '\n') + 1, strlen(strchr(p, '\n') + 1) + 1);
+  return json;
+}
+
+// The run in dir ended as the uninterrupted one in want_dir: the same weights byte for byte
+// (and best.safetensors with early stopping), the same metrics and report.
+static void check_same_run(const char *dir, const char *want_dir, const char *what) {
+  char a[128], b[128];
+  const char *files[] = {"final.safetensors", "best.safetensors"};
+  for (int i = 0; i < 2; i++) {
+    snprintf(a, sizeof a, "%s/%s", dir, files[i]);
+    snprintf(b, sizeof b, "%s/%s", want_dir, files[i]);
+    char *pa = path_in(a), *pb = path_in(b);
+    int has = access(pb, F_OK) == 0;
+    CHECK(has == (access(pa, F_OK) == 0) && (!has || same_file(pa, pb)),
+          "%s: %s differs from the uninterrupted run's", what, files[i]);
+  }
+  char *m1 = metrics_sans_seconds(dir), *m2 = metrics_sans_seconds(want_dir);
+  CHECK(strcmp(m1, m2) == 0, "%s: metrics.csv:\n%s\nwant:\n%s", what, m1, m2);
+  char *r1 = report_sans_speed(dir), *r2 = report_sans_speed(want_dir);
+  CHECK(r1 && r2 && strcmp(r1, r2) == 0, "%s: report.json:\n%s\nwant:\n%s", what, r1, r2);
+  free(m1);
+  free(m2);
+  free(r1);
+  free(r2);
+}
+
+// The progress lines "epoch k/8 ..." up to the rate (the seconds differ).
+static char *epoch_lines(const char *out) {
+  char *lines = calloc(1, strlen(out) + 1);
+  for (const char *p = out; (p = strstr(p, "epoch ")) != NULL; p++) {
+    if (!(p == out || p[-1] == '\n') || !strchr(p, '/') || strchr(p, '/') > strchr(p, ' ') + 4)
+      continue;
+    const char *end = strstr(p, "  lr ");
+    end = end ? strchr(end + 5, ' ') : NULL;
+    if (end)
+      strncat(lines, p, (size_t)(end - p + 1));
+  }
+  return lines;
+}
+
+static cJSON *state_of(const char *path, KrtStFile *f) {
+  *f = krt_st_load(path);
+  const char *text = krt_st_meta(f, "keel_state");
+  return cJSON_Parse(text ? text : "");
+}
+
+static char *interrupted_line(const char *dir, int64_t step, const char *where) {
+  static char buf[600];
+  snprintf(buf, sizeof buf,
+           "\ninterrupted at step %lld (%s); to continue: keel run smoke.nn --resume "
+           "%s/last.safetensors\n", (long long)step, where, path_in(dir));
+  return buf;
+}
+
+static void test_resume(void) {
+  // A: the uninterrupted run
+  Sim a = sim_of("runs/A");
+  CHECK(run_sim(a) == 0, "run A");
+  char *out_a = slurp(sim_stdout, NULL);
+  char *lines_a = epoch_lines(out_a);
+  CHECK(strstr(out_a, "guard: step 6 discarded: the loss was NaN") &&
+            strstr(out_a, "guard: step 27 discarded: the loss spiked") &&
+            strstr(out_a, "on_plateau reduced the learning rate after epoch"),
+        "run A exercises the guard and on_plateau:\n%s", out_a);
+  CHECK(access(path_in("runs/A/last.safetensors"), F_OK) == 0, "run A wrote last.safetensors");
+
+  // B: interrupted (SIGINT) during step 14 of 32, in epoch 4 (4 batches an epoch)
+  Sim b = sim_of("runs/B");
+  b.at = AT_STEP, b.sig = SIGINT, b.when = 13;
+  int st = run_sim(b);
+  char *out = slurp(sim_stdout, NULL);
+  char *err_text = NULL;
+  {
+    char errp[300];
+    snprintf(errp, sizeof errp, "%s.err", sim_stdout);
+    err_text = slurp(errp, NULL);
+  }
+  CHECK(st == 130, "interrupted run: exit status %d", st);
+  CHECK(strstr(out, interrupted_line("runs/B", 14, "epoch 4")) != NULL,
+        "interrupted line in:\n%s", out);
+  CHECK(err_text && strstr(err_text, "keel: interrupted: the current step finishes, then "
+                                     "last.safetensors is written (press Ctrl-C again to stop "
+                                     "at once)\n"),
+        "the handler's line:\n%s", err_text ? err_text : "");
+  free(err_text);
+  char want[600];
+  snprintf(want, sizeof want, "\nwrote %s/last.safetensors, metrics.csv, report.json\n",
+           path_in("runs/B"));
+  CHECK(strstr(out, want) != NULL && strstr(out, "trained 3 epochs (14 steps) in "),
+        "interrupted run's output:\n%s", out);
+  free(out);
+  CHECK(access(path_in("runs/B/final.safetensors"), F_OK) != 0,
+        "an interrupted run writes no final.safetensors");
+  CHECK(files_with(path_in("runs/B"), ".tmp.") == 0, "no temporary files");
+  char *json;
+  cJSON *rep = report_of("runs/B", &json);
+  CHECK(str_is(rep, "stopped", "interrupted") && num(rep, "steps") == 14 &&
+            num(rep, "epochs") == 3,
+        "interrupted report.json:\n%s", json);
+  cJSON_Delete(rep);
+  free(json);
+  char *csv = slurp(path_in("runs/B/metrics.csv"), NULL);
+  int nlines = 0;
+  for (const char *c = csv; c && *c; c++)
+    nlines += *c == '\n';
+  CHECK(nlines == 4, "metrics.csv of the interrupted run has its 3 epochs:\n%s", csv);
+  free(csv);
+  KrtStFile f;
+  cJSON *state = state_of(path_in("runs/B/last.safetensors"), &f);
+  cJSON *sums = cJSON_GetObjectItem(state, "epoch_sums");
+  CHECK(num(state, "step") == 14 && num(state, "epoch") == 3 && num(state, "batch") == 2 &&
+            num(state, "epochs_done") == 3 && num(sums, "samples") == 4 &&
+            cJSON_GetArraySize(cJSON_GetObjectItem(state, "rows")) == 3,
+        "the mid-epoch state: %s", krt_st_meta(&f, "keel_state"));
+  cJSON_Delete(state);
+  krt_st_close(&f);
+
+  // B, resumed: the same weights byte for byte, the same metrics and report
+  b = sim_of("runs/B");
+  b.resume = path_in("runs/B/last.safetensors");
+  CHECK(run_sim(b) == 0, "resumed run");
+  out = slurp(sim_stdout, NULL);
+  snprintf(want, sizeof want, "resuming from %s: epoch 4, batch 2 of 4 (step 14)\n",
+           path_in("runs/B/last.safetensors"));
+  CHECK(strncmp(out, want, strlen(want)) == 0, "resumed run's first line:\n%s", out);
+  // the resumed epoch's line is the uninterrupted run's (its sums went on)
+  char *lines_b = epoch_lines(out);
+  const char *e4 = strstr(lines_a, "epoch 4/8");
+  CHECK(e4 && strcmp(lines_b, e4) == 0, "epoch lines after resuming:\n%s\nwant:\n%s", lines_b,
+        e4 ? e4 : lines_a);
+  free(lines_b);
+  free(out);
+  check_same_run("runs/B", "runs/A", "resumed mid-epoch");
+
+  // C: interrupted during the val evaluation of epoch 2: the epoch closes, the checkpoint is
+  // at the boundary
+  Sim c = sim_of("runs/C");
+  c.at = AT_VAL, c.sig = SIGINT, c.when = 1;
+  st = run_sim(c);
+  out = slurp(sim_stdout, NULL);
+  CHECK(st == 130 && strstr(out, interrupted_line("runs/C", 8, "after epoch 2")),
+        "interrupted in the val evaluation (%d):\n%s", st, out);
+  free(out);
+  state = state_of(path_in("runs/C/last.safetensors"), &f);
+  sums = cJSON_GetObjectItem(state, "epoch_sums");
+  const char *names[] = {"dense.weight", "dense.bias", "bn.mean", "dense.weight.exp_avg",
+                         "dense.bias.exp_avg"};
+  int names_ok = f.count == 5;
+  for (int i = 0; names_ok && i < 5; i++)
+    names_ok &= strcmp(f.t[i].name, names[i]) == 0 && strcmp(f.t[i].dtype, "F32") == 0;
+  cJSON *opt = cJSON_GetObjectItem(state, "optimizer_state");
+  CHECK(names_ok && f.t[0].rank == 2 && f.t[0].dim[0] == 3 && f.t[0].dim[1] == 2 &&
+            f.t[0].bytes == 24,
+        "the checkpoint's tensors: params, buffers, optimizer state");
+  CHECK(strcmp(krt_st_meta(&f, "format"), "pt") == 0 &&
+            strcmp(krt_st_meta(&f, "producer"), "keel") == 0 &&
+            strcmp(krt_st_meta(&f, "keel_program"), "prog-1") == 0,
+        "the checkpoint's metadata");
+  CHECK(state && num(state, "version") == 1 && str_is(state, "seed", "11") &&
+            num(state, "batch_size") == 2 && num(state, "step") == 8 &&
+            num(state, "epoch") == 2 && num(state, "batch") == 0 &&
+            num(state, "epochs_done") == 2 && num(sums, "samples") == 0 &&
+            num(sums, "loss") == 0 && num(state, "best_epoch") >= 1 &&
+            cJSON_GetArraySize(cJSON_GetObjectItem(state, "rows")) == 2 &&
+            cJSON_GetArraySize(opt) == 2 &&
+            strcmp(cJSON_GetArrayItem(opt, 0)->valuestring, "dense.weight.exp_avg") == 0 &&
+            num(cJSON_GetObjectItem(state, "guard"), "good_steps") == 7 &&
+            cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetObjectItem(state, "guard"),
+                                                   "events")) == 1 &&
+            num(state, "lr_scale") <= 0.5,
+        "the boundary state: %s", krt_st_meta(&f, "keel_state"));
+  cJSON_Delete(state);
+  krt_st_close(&f);
+  c = sim_of("runs/C");
+  c.resume = path_in("runs/C/last.safetensors");
+  CHECK(run_sim(c) == 0, "resumed from a boundary");
+  out = slurp(sim_stdout, NULL);
+  snprintf(want, sizeof want, "resuming from %s after epoch 2 (step 8)\n",
+           path_in("runs/C/last.safetensors"));
+  CHECK(strncmp(out, want, strlen(want)) == 0, "resumed run's first line:\n%s", out);
+  free(out);
+  check_same_run("runs/C", "runs/A", "resumed at a boundary");
+
+  // D: SIGTERM during the last step of epoch 3 (its val evaluation is left for the resumed
+  // run), then SIGINT during step 23 of the resumed run, then to the end
+  Sim d = sim_of("runs/D");
+  d.at = AT_STEP, d.sig = SIGTERM, d.when = 11;
+  st = run_sim(d);
+  out = slurp(sim_stdout, NULL);
+  CHECK(st == 130 && strstr(out, interrupted_line("runs/D", 12, "epoch 3")),
+        "SIGTERM (%d):\n%s", st, out);
+  free(out);
+  state = state_of(path_in("runs/D/last.safetensors"), &f);
+  CHECK(num(state, "epoch") == 2 && num(state, "batch") == 4 && num(state, "epochs_done") == 2,
+        "the val evaluation is still to do: %s", krt_st_meta(&f, "keel_state"));
+  cJSON_Delete(state);
+  krt_st_close(&f);
+  d = sim_of("runs/D");
+  d.resume = path_in("runs/D/last.safetensors");
+  d.at = AT_STEP, d.sig = SIGINT, d.when = 22;
+  st = run_sim(d);
+  out = slurp(sim_stdout, NULL);
+  CHECK(st == 130 && strstr(out, interrupted_line("runs/D", 23, "epoch 6")) &&
+            strstr(out, "resuming from ") == out && strstr(out, ": epoch 3, batch 4 of 4 (step 12)\n"),
+        "interrupted again (%d):\n%s", st, out);
+  free(out);
+  d = sim_of("runs/D");
+  d.resume = path_in("runs/D/last.safetensors");
+  CHECK(run_sim(d) == 0, "resumed twice");
+  check_same_run("runs/D", "runs/A", "interrupted twice");
+
+  // K: killed (SIGKILL) during step 19: last.safetensors is that of epoch 4's end
+  Sim k = sim_of("runs/K");
+  k.kill_at = 18;
+  st = run_sim(k);
+  CHECK(st == 1000 + SIGKILL, "killed: %d", st);
+  state = state_of(path_in("runs/K/last.safetensors"), &f);
+  CHECK(num(state, "step") == 16 && num(state, "epoch") == 4 && num(state, "batch") == 0,
+        "after SIGKILL: %s", krt_st_meta(&f, "keel_state"));
+  cJSON_Delete(state);
+  krt_st_close(&f);
+  k = sim_of("runs/K");
+  k.resume = path_in("runs/K/last.safetensors");
+  CHECK(run_sim(k) == 0, "resumed after SIGKILL");
+  check_same_run("runs/K", "runs/A", "killed mid-epoch");
+
+  // S: interrupted before the first step, and E: after the last epoch, before krt_train_end
+  Sim s = sim_of("runs/S");
+  s.at = AT_START, s.sig = SIGINT;
+  st = run_sim(s);
+  out = slurp(sim_stdout, NULL);
+  CHECK(st == 130 && strstr(out, interrupted_line("runs/S", 0, "epoch 1")) &&
+            !strstr(out, "epoch 1/8"),
+        "interrupted before the first step (%d):\n%s", st, out);
+  free(out);
+  s = sim_of("runs/S");
+  s.resume = path_in("runs/S/last.safetensors");
+  CHECK(run_sim(s) == 0, "resumed from the start");
+  check_same_run("runs/S", "runs/A", "interrupted before the first step");
+  // (without a test set, the report's confusion matrix is the last val evaluation's: it
+  // travels in the checkpoint too)
+  Sim e = sim_of("runs/EA");
+  e.cfg.test_kind = 0;
+  CHECK(run_sim(e) == 0, "run without a test set");
+  e.cfg.out_dir = path_in("runs/E");
+  e.at = AT_END, e.sig = SIGINT;
+  st = run_sim(e);
+  out = slurp(sim_stdout, NULL);
+  CHECK(st == 130 && strstr(out, interrupted_line("runs/E", 32, "after epoch 8")),
+        "interrupted after the last epoch (%d):\n%s", st, out);
+  free(out);
+  e.at = AT_NONE;
+  e.resume = path_in("runs/E/last.safetensors");
+  CHECK(run_sim(e) == 0, "resumed after the last epoch");
+  out = slurp(sim_stdout, NULL);
+  CHECK(!strstr(out, "\nepoch ") &&
+            strstr(out, "\nconfusion matrix of the validation set after epoch 8 "),
+        "nothing left to train:\n%s", out);
+  free(out);
+  check_same_run("runs/E", "runs/EA", "interrupted after the last epoch");
+
+  // a finished run's last.safetensors, resumed, only finishes again
+  Sim again = sim_of("runs/again");
+  again.resume = path_in("runs/A/last.safetensors");
+  CHECK(run_sim(again) == 0, "resumed a finished run");
+  check_same_run("runs/again", "runs/A", "a finished run resumed");
+
+  // more epochs than the checkpoint's run planned: allowed, with a note
+  Sim more = sim_of("runs/more");
+  more.cfg.epochs = 9;
+  more.resume = path_in("runs/C/last.safetensors");
+  CHECK(run_sim(more) == 0, "resumed with more epochs");
+  out = slurp(sim_stdout, NULL);
+  CHECK(strstr(out, " after epoch 8 (step 32)\nnote: the checkpoint's run was to train 32 "
+                    "steps, this one 36; a schedule over the whole run follows the new count\n"
+                    "epoch 9/9 "),
+        "more epochs:\n%s", out);
+  free(out);
+
+  // a second Ctrl-C ends the process at once (the default action)
+  Sim twice = sim_of("runs/twice");
+  twice.at = AT_STEP, twice.sig = SIGINT, twice.when = 3, twice.twice = 1;
+  st = run_sim(twice);
+  CHECK(st == 1000 + SIGINT, "a second SIGINT kills: %d", st);
+
+  // with early stopping: the best epoch's copies travel in the checkpoint ("best/<name>")
+  Sim es = sim_of("runs/esA");
+  es.cfg.test_kind = 0;  // the report shows the val set's matrix of the best epoch
+  es.cfg.early_min_delta = 0.02;
+  es.cfg.early_patience = 4;
+  CHECK(run_sim(es) == 0, "early stopping run");
+  out = slurp(sim_stdout, NULL);
+  CHECK(strstr(out, "early stopping: val_loss has not improved by more than 0.02 for 4 epochs "
+                    "(best 1.2221 at epoch 1)\n") &&
+            strstr(out, "early stopping: restored the weights of epoch 1") &&
+            strstr(out, "\nconfusion matrix of the validation set at epoch 1, the restored "),
+        "early stopping fires after epoch 5 and restores epoch 1:\n%s", out);
+  free(out);
+  es.cfg.out_dir = path_in("runs/esB");
+  es.at = AT_STEP, es.sig = SIGINT, es.when = 13;  // in epoch 4
+  CHECK(run_sim(es) == 130, "early stopping run, interrupted");
+  f = krt_st_load(path_in("runs/esB/last.safetensors"));
+  CHECK(f.count == 10 && strcmp(f.t[5].name, "best/dense.weight") == 0 &&
+            strcmp(f.t[9].name, "best/dense.bias.exp_avg") == 0,
+        "best/ copies: %d tensors", f.count);
+  krt_st_close(&f);
+  es.at = AT_NONE;
+  es.resume = path_in("runs/esB/last.safetensors");
+  CHECK(run_sim(es) == 0, "early stopping run, resumed");
+  check_same_run("runs/esB", "runs/esA", "early stopping, resumed");
+  free(lines_a);
+  free(out_a);
+}
+
+// Refusals: another model, another optimizer, another program, other data.
+static KrtConfig refuse_cfg;
+static const char *refuse_path;
+static void resume_child(void *arg) {
+  (void)arg;
+  KrtRun *r = krt_run_new(&refuse_cfg);
+  krt_resume(r, refuse_path);
+}
+
+static void expect_refusal(KrtConfig cfg, const char *path, const char *why) {
+  refuse_cfg = cfg;
+  refuse_path = path;
+  char want[900];
+  snprintf(want, sizeof want, "%s: %s", path, why);
+  CHECK_FAIL(resume_child, NULL, want);
+}
+
+// A checkpoint of a run of these tensors, after an epoch without steps.
+static void empty_epoch(void *arg) {
+  KrtRun *r = arg;
+  krt_init_tensors(r);
+  krt_epoch_begin(r, 0);
+  krt_epoch_end(r);
+}
+
+static void write_checkpoint_of(const KrtTensorDesc *d, int n, const char *out) {
+  KrtConfig cfg = sim_config(out);
+  cfg.tensors = d;
+  cfg.ntensors = n;
+  KrtRun *r = krt_run_new(&cfg);
+  free(stdout_of(empty_epoch, r));
+  krt_run_free(r);
+}
+
+static void test_resume_refused(void) {
+  char ckpt[256];  // from test_resume
+  snprintf(ckpt, sizeof ckpt, "%s", path_in("runs/C/last.safetensors"));
+  KrtConfig cfg = sim_config("runs/refused");
+  KrtTensorDesc d[6];
+  memcpy(d, sim_descs, sizeof sim_descs);
+  d[0].dim[0] = d[3].dim[0] = 4;
+  cfg.tensors = d;
+  expect_refusal(cfg, ckpt,
+                 "the checkpoint's dense.weight is [3, 2] but this network's is [4, 2] (a "
+                 "different model)");
+  memcpy(d, sim_descs, sizeof sim_descs);
+  d[5] = (KrtTensorDesc){.name = "dense2.weight", .kind = KRT_PARAM, .rank = 1, .dim = {3}};
+  cfg.ntensors = 6;
+  expect_refusal(cfg, ckpt, "this network has dense2.weight, which the checkpoint lacks (a "
+                            "different model)");
+  cfg.ntensors = 5;
+  d[2] = d[4];  // no bn.mean
+  cfg.ntensors = 4;
+  d[2] = sim_descs[3], d[3] = sim_descs[4];
+  expect_refusal(cfg, ckpt, "the checkpoint has bn.mean, which this network lacks (a different "
+                            "model)");
+  // the optimizer: SGD with momentum, Adam's second moment, plain SGD
+  memcpy(d, sim_descs, sizeof sim_descs);
+  cfg.ntensors = 5;
+  d[3].name = "dense.weight.momentum_buffer";
+  d[4].name = "dense.bias.momentum_buffer";
+  expect_refusal(cfg, ckpt,
+                 "this program needs the optimizer state dense.weight.momentum_buffer, which the "
+                 "checkpoint lacks (it was trained with another optimizer; it has "
+                 "dense.weight.exp_avg)");
+  write_checkpoint_of(d, 5, "runs/momentum");
+  memcpy(d, sim_descs, sizeof sim_descs);
+  expect_refusal(cfg, path_in("runs/momentum/last.safetensors"),
+                 "this program needs the optimizer state dense.weight.exp_avg, which the "
+                 "checkpoint lacks (it was trained with another optimizer; it has "
+                 "dense.weight.momentum_buffer)");
+  d[5] = (KrtTensorDesc){.name = "dense.weight.exp_avg_sq", .kind = KRT_STATE, .rank = 2,
+                         .dim = {3, 2}};
+  cfg.ntensors = 6;
+  expect_refusal(cfg, ckpt,
+                 "this program needs the optimizer state dense.weight.exp_avg_sq, which the "
+                 "checkpoint lacks (it was trained with another optimizer; it has "
+                 "dense.weight.exp_avg)");
+  cfg.ntensors = 3;  // plain SGD: no state
+  expect_refusal(cfg, ckpt,
+                 "the checkpoint has the optimizer state dense.weight.exp_avg, which this program "
+                 "does not use (it was trained with another optimizer)");
+  write_checkpoint_of(sim_descs, 3, "runs/sgd");
+  cfg.ntensors = 5;
+  expect_refusal(cfg, path_in("runs/sgd/last.safetensors"),
+                 "this program needs the optimizer state dense.weight.exp_avg, which the "
+                 "checkpoint lacks (it was trained with another optimizer, which keeps no "
+                 "state)");
+
+  // the same tensors: another program, seed, batch or data
+  cfg = sim_config("runs/refused");
+  cfg.program_hash = "prog-2";
+  expect_refusal(cfg, ckpt, "written by a different program (the same tensors, but the loss, "
+                            "schedule or settings differ)");
+  cfg.program_hash = NULL;
+  expect_refusal(cfg, ckpt, "written by a different program (the same tensors, but the loss, "
+                            "schedule or settings differ)");
+  cfg = sim_config("runs/refused");
+  cfg.seed = 12;
+  expect_refusal(cfg, ckpt, "the checkpoint was trained with seed 11, this run has seed 12 (a "
+                            "resumed run must keep its seed)");
+  cfg = sim_config("runs/refused");
+  cfg.batch = 4;
+  expect_refusal(cfg, ckpt, "the checkpoint was trained with batch 2, this run has batch 4 (a "
+                            "resumed run must keep its batch size)");
+  cfg = sim_config("runs/refused");
+  cfg.holdout = 0.5;
+  expect_refusal(cfg, ckpt, "the checkpoint was trained on other data (7 training samples, this "
+                            "run has 4)");
+  cfg = sim_config("runs/refused");
+  cfg.scale = 0.5;
+  expect_refusal(cfg, ckpt, "the checkpoint was trained on other data (as many training "
+                            "samples, 7, but other values)");
+
+  // not a checkpoint to resume from, or a broken one
+  cfg = sim_config("runs/refused");
+  expect_refusal(cfg, path_in("runs/A/final.safetensors"),
+                 "not a checkpoint to resume from (its metadata has no keel_state; "
+                 "final.safetensors and best.safetensors hold weights only, which --init starts "
+                 "a new run from)");
+  expect_refusal(cfg, path_in("runs/none.safetensors"), "cannot open: No such file or directory");
+  const char *meta[] = {"keel_state", "{\"version\": 1}"};
+  char *broken = path_in("broken.safetensors");
+  krt_st_write(broken, NULL, 0, meta, 1);
+  expect_refusal(cfg, broken, "bad checkpoint state: 'optimizer_state' is missing or malformed");
+  meta[1] = "{\"version\": 2}";
+  krt_st_write(broken, NULL, 0, meta, 1);
+  expect_refusal(cfg, broken, "checkpoint state version 2; this runtime reads version 1");
+  meta[1] = "[1, 2";
+  krt_st_write(broken, NULL, 0, meta, 1);
+  expect_refusal(cfg, broken, "bad checkpoint state: keel_state is not a JSON object");
+  // a refused resume writes nothing
+  CHECK(access(path_in("runs/refused"), F_OK) != 0, "a refused resume wrote into its out_dir");
+  CHECK(files_with(tmp, ".tmp.") == 0 && files_with(path_in("runs/C"), ".tmp.") == 0,
+        "no temporary files");
+}
+
 int main(void) {
   snprintf(tmp, sizeof tmp, "/tmp/keel_test_runtime.XXXXXX");
   if (!mkdtemp(tmp)) {
@@ -1515,6 +2186,8 @@ int main(void) {
   test_guard();
   test_guard_summary();
   test_regression_report();
+  test_resume();
+  test_resume_refused();
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
   if (system(cmd) != 0)
