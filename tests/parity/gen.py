@@ -10,6 +10,12 @@ each case NAME in the table below:
   NAME.want.safetensors    the weights after the script's number of steps in PyTorch
                            (parameters and batchnorm's running statistics)
 
+An image case gives its sample shape (channels, height, width) instead of a feature count and
+its hidden layers as Keel layer lines ("conv 4 kernel=3 pad=1 batchnorm relu"), from which the
+same network is built of torch.nn modules (IMAGE_LAYERS). The CSV holds each image as one row
+of c·h·w numbers in PyTorch's order (channel, row, column): `input CxHxW` makes Keel read the
+row as that image, and torch.nn.Unflatten does the same on PyTorch's side.
+
 and, for a case with validation rows:
 
   NAME_val.csv             the validation data (the script's `val` source)
@@ -49,10 +55,100 @@ def write_safetensors(path, tensors):
 
 ACT = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}
 
+
+class GlobalAvgPool(torch.nn.Module):
+    """Keel's global_avgpool: mean(mean(x, axis=3), axis=2), [n, c, h, w] → [n, c]."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+# The layers an image case may name, with their parameters in Keel's order and defaults
+# (stdlib/images.nn and stdlib/layers.nn), and a factory of the torch.nn module given the
+# input shape of one sample and the arguments. Pooling's stride 0 means the window's size;
+# pad=same (Keel's -1) is torch's padding="same" (odd kernels, stride 1).
+IMAGE_LAYERS = {
+    "conv": ({"units": None, "kernel": 3, "stride": 1, "pad": 0, "dilation": 1},
+             lambda s, a: torch.nn.Conv2d(s[0], a["units"], a["kernel"], stride=a["stride"],
+                                          padding="same" if a["pad"] == "same" else a["pad"],
+                                          dilation=a["dilation"])),
+    "maxpool": ({"kernel": None, "stride": 0, "pad": 0},
+                lambda s, a: torch.nn.MaxPool2d(a["kernel"], a["stride"] or a["kernel"],
+                                                a["pad"])),
+    "avgpool": ({"kernel": None, "stride": 0, "pad": 0},
+                lambda s, a: torch.nn.AvgPool2d(a["kernel"], a["stride"] or a["kernel"],
+                                                a["pad"], count_include_pad=True)),
+    "global_avgpool": ({}, lambda s, a: GlobalAvgPool()),
+    "flatten": ({}, lambda s, a: torch.nn.Flatten()),
+    "batchnorm": ({"momentum": 0.1, "eps": 1e-5},
+                  lambda s, a: (torch.nn.BatchNorm2d if len(s) == 3 else torch.nn.BatchNorm1d)(
+                      s[0], eps=a["eps"], momentum=a["momentum"])),
+    "dense": ({"units": None}, lambda s, a: torch.nn.Linear(s[0], a["units"])),
+    **{name: ({}, lambda s, a, f=f: f()) for name, f in ACT.items()},
+}
+
+
+def image_layers(shape, lines):
+    """The (kind, module) pairs of Keel layer lines, read as Keel binds them: a word naming a
+    layer starts the next layer, a plain item binds to its first parameter not yet given,
+    name=value to that parameter. Returns them and the output shape of one sample."""
+    items = [w for line in lines for w in line.split()]
+    out = []
+    while items:
+        kind = items.pop(0)
+        defaults, make = IMAGE_LAYERS[kind]
+        args, free = dict(defaults), [k for k, v in defaults.items()]
+        while items and items[0] not in IMAGE_LAYERS:
+            word = items.pop(0)
+            key, _, value = word.rpartition("=")
+            key = key or free[0]
+            free.remove(key)
+            args[key] = value if value == "same" else (float(value) if "." in value or "e" in value
+                                                       else int(value))
+        assert all(v is not None for v in args.values()), f"{kind}: a parameter lacks a value"
+        module = make(shape, args)
+        if kind != "batchnorm":  # (a forward pass would move its running statistics)
+            with torch.no_grad():
+                shape = tuple(module(torch.zeros(1, *shape)).shape[1:])
+        out.append((kind, module))
+    return out, shape
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023) as its reference implementation writes it: decoupled weight
+    decay, the sign of an interpolation of the momentum and the gradient."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                m = self.state[p].setdefault("exp_avg", torch.zeros_like(p))
+                c = m * b1 + p.grad * (1 - b1)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(torch.sign(c), alpha=-group["lr"])
+                m.mul_(b2).add_(p.grad, alpha=1 - b2)
+
+
+# A user-defined optimizer, written in the script itself (docs/language.md shows it).
+LION = """optimizer lion(lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0) {
+  state exp_avg = 0
+  c = beta1 * exp_avg + (1 - beta1) * g
+  w = w * (1 - lr * weight_decay) - lr * ((c > 0) - (c < 0))
+  exp_avg = beta2 * exp_avg + (1 - beta2) * g
+}
+
+"""
+
 # name, features, hidden layers [(units, layer, ...)]: a dense layer of that many units, then
 # the named layers in order (an activation or "batchnorm"), outputs, loss, optimizer line,
 # torch optimizer factory, batch, steps, rows, and optionally the number of validation rows
-# (the case then gets NAME_val.csv and NAME.want.json).
+# (the case then gets NAME_val.csv and NAME.want.json). An image case gives (channels, height,
+# width) for features and Keel layer lines for the hidden layers (see image_layers); they must
+# end flat (flatten or global_avgpool), before the output layer, dense OUTPUTS.
 CASES = [
     ("sgd_momentum_ce", 4, [(8, "relu")], 3, "cross_entropy",
      "sgd lr=0.1 momentum=0.9",
@@ -123,16 +219,60 @@ CASES = [
     ("clip_norm_sgd", 4, [(8, "relu")], 3, "cross_entropy",
      "sgd lr=0.2 momentum=0.9",
      lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9), 8, 20, 24, 0, {"clip": ("norm", 0.3)}),
+    ("user_optimizer_lion", 4, [(8, "relu")], 3, "cross_entropy",
+     "lion lr=0.003 weight_decay=0.1",
+     lambda p: Lion(p, lr=0.003, weight_decay=0.1), 8, 20, 24, 0, {"defs": LION}),
     ("clip_value_adam_mse", 3, [(6, "tanh")], 1, "mse",
      "adam lr=0.01",
      lambda p: torch.optim.Adam(p, lr=0.01), 8, 20, 24, 0, {"clip": ("value", 0.02)}),
+    # Images [n, c, h, w] (torch.nn.Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d): each CSV row is
+    # one image. Convolution with padding and stride 2, then max pooling
+    ("conv_stride_pad_sgd", (1, 8, 8), ["conv 4 kernel=3 stride=2 pad=1 relu", "maxpool 2",
+                                        "flatten"], 3, "cross_entropy",
+     "sgd lr=0.05 momentum=0.9",
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), 8, 20, 24),
+    # dilation 2 on two channels, then average pooling over a zero-padded border (the padding
+    # counts in the mean, count_include_pad=True as PyTorch's default)
+    ("conv_dilation_avgpool_adam", (2, 9, 9), ["conv 3 kernel=3 dilation=2 tanh",
+                                               "avgpool 2 pad=1", "flatten"], 3, "cross_entropy",
+     "adam lr=0.01",
+     lambda p: torch.optim.Adam(p, lr=0.01), 8, 20, 24),
+    # pad=same with a 5×5 kernel, overlapping max pooling with padding, a hidden dense layer
+    ("conv_same_maxpool_mse", (1, 7, 7), ["conv 2 kernel=5 pad=same relu",
+                                          "maxpool 3 stride=2 pad=1", "flatten", "dense 6 tanh"],
+     1, "mse",
+     "sgd lr=0.05",
+     lambda p: torch.optim.SGD(p, lr=0.05), 8, 20, 24),
+    # Batch normalization per channel (BatchNorm2d) in two conv–batchnorm–relu blocks, the
+    # second ending in global average pooling: parameters and running statistics after
+    # training, and the validation loss in eval() mode
+    ("conv_batchnorm_sgd_ce", (3, 10, 10), ["conv 4 kernel=3 pad=same batchnorm relu",
+                                            "maxpool 2", "conv 6 kernel=3 batchnorm relu",
+                                            "global_avgpool"], 3, "cross_entropy",
+     "sgd lr=0.1 momentum=0.9",
+     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), 10, 20, 40, 24),
+    # The same with Adam and a last partial batch (30 rows in batches of 8; 21 validation rows),
+    # a strided second convolution and a flatten into a hidden dense layer. Batchnorm follows
+    # relu here: a convolution's bias right before batchnorm has a gradient of zero up to
+    # rounding, which Adam would blow up into ±lr steps of random sign (as in
+    # partial_batchnorm_adam); conv_batchnorm_sgd_ce covers conv → batchnorm.
+    ("conv_batchnorm_adam", (1, 10, 10), ["conv 4 kernel=3 pad=1 relu batchnorm", "maxpool 2",
+                                          "conv 8 kernel=3 stride=2 pad=1 relu batchnorm",
+                                          "avgpool 2 stride=1", "flatten", "dense 8 relu"],
+     3, "cross_entropy",
+     "adam lr=0.01",
+     lambda p: torch.optim.Adam(p, lr=0.01), 8, 20, 30, 21),
 ]
 
 
 def make_case(name, features, hidden, outputs, loss, opt_line, make_opt, batch, steps, rows,
               val=0, options=None):
     clip = (options or {}).get("clip")
+    defs = (options or {}).get("defs", "")
     assert loss == "cross_entropy" or outputs == 1, "a CSV holds one target column"
+    image = features if isinstance(features, tuple) else None
+    if image:
+        features = image[0] * image[1] * image[2]
     torch.manual_seed(sum(name.encode()))
     g = torch.Generator().manual_seed(len(name))
 
@@ -152,10 +292,18 @@ def make_case(name, features, hidden, outputs, loss, opt_line, make_opt, batch, 
     def add(kind, module):
         count[kind] = count.get(kind, 0) + 1
         layers.append(module)
-        if kind in ("dense", "batchnorm"):
+        if kind in ("dense", "batchnorm", "conv"):
             named.append((f"{kind}{count[kind]}", module))
 
-    for units, *post in hidden:
+    if image:
+        layers.append(torch.nn.Unflatten(1, image))  # a CSV row of c·h·w values → the image
+        built, shape = image_layers(image, hidden)
+        assert len(shape) == 1, f"{name}: the hidden layers must end flat, not {shape}"
+        for kind, module in built:
+            add(kind, module)
+        lines += ["  layer " + line for line in hidden]
+        width = shape[0]
+    for units, *post in [] if image else hidden:
         add("dense", torch.nn.Linear(width, units))
         for word in post:
             add(word, torch.nn.BatchNorm1d(units) if word == "batchnorm" else ACT[word]())
@@ -170,7 +318,7 @@ def make_case(name, features, hidden, outputs, loss, opt_line, make_opt, batch, 
         for n, m in named:
             out[f"{n}.weight"] = m.weight.detach().clone()
             out[f"{n}.bias"] = m.bias.detach().clone()
-            if isinstance(m, torch.nn.BatchNorm1d):
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 out[f"{n}.running_mean"] = m.running_mean.detach().clone()
                 out[f"{n}.running_var"] = m.running_var.detach().clone()
         return out
@@ -221,8 +369,10 @@ def make_case(name, features, hidden, outputs, loss, opt_line, make_opt, batch, 
     with open(os.path.join(HERE, f"{name}.nn"), "w") as f:
         f.write(f"# Parity case written by tests/parity/gen.py: {opt_line}, {loss}, "
                 f"{steps} steps.\n")
+        f.write(defs)
         f.write(f"data d {{\n{data}}}\n\n")
-        f.write("network net {\n  input %d\n%s\n}\n\n" % (features, "\n".join(lines)))
+        size = "x".join(map(str, image)) if image else str(features)
+        f.write("network net {\n  input %s\n%s\n}\n\n" % (size, "\n".join(lines)))
         f.write(f"train net on d {{\n  loss      {loss}\n  optimizer {opt_line}\n"
                 f"  batch     {batch}\n  epochs    {steps}\n  steps     {steps}\n")
         if clip:
