@@ -342,8 +342,19 @@ static void reduce_dims(Cg *cg, Shape a, int axis, LLVMValueRef *outer, LLVMValu
 // LLVM vectorizes them: the order of the additions is then fixed by the compiled program
 // (its vector width), the same in every run, the JIT and a trainer for the same target.
 // For LSE's second pass, sub holds each row's maximum and the sum is of exp(x - max).
+// The element at idx of the elementwise instruction p, computed from its operands (a
+// producer fused into the reduction that consumes it).
+static LLVMValueRef produce(Cg *cg, int p, LLVMValueRef idx) {
+  Ins *ins = &cg->ir->ins[p];
+  LLVMValueRef v[3] = {0};
+  for (int k = 0; k < op_nargs[ins->op]; k++)
+    v[k] = is_scalar_val(cg, ins->arg[k]) ? scalar(cg, ins->arg[k])
+                                          : load_at(cg, cg->buf[ins->arg[k]], idx);
+  return elementwise(cg, ins->op, v[0], v[1], v[2], ins->arg[1], cg->ir);
+}
+
 static void reduce_rows(Cg *cg, Op op, LLVMValueRef src, LLVMValueRef dst, LLVMValueRef outer,
-                        LLVMValueRef len, bool lse_pass) {
+                        LLVMValueRef len, bool lse_pass, int producer) {
   LLVMBuilderRef B = cg->b;
   bool is_max = (op == OP_RMAX || op == OP_LSE) && !lse_pass;
   Loop lo = loop_begin(cg, outer);
@@ -356,7 +367,8 @@ static void reduce_rows(Cg *cg, Op op, LLVMValueRef src, LLVMValueRef dst, LLVMV
   LLVMValueRef acc = LLVMBuildPhi(B, cg->f32, "acc");
   LLVMAddIncoming(acc, &init, &pre, 1);
   LLVMPositionBuilderAtEnd(B, body);
-  LLVMValueRef x = load_at(cg, src, LLVMBuildAdd(B, LLVMBuildMul(B, lo.iv, len, ""), ll.iv, ""));
+  LLVMValueRef at = LLVMBuildAdd(B, LLVMBuildMul(B, lo.iv, len, ""), ll.iv, "");
+  LLVMValueRef x = producer >= 0 ? produce(cg, producer, at) : load_at(cg, src, at);
   LLVMValueRef r;
   if (is_max) {
     r = LLVMBuildSelect(B, LLVMBuildFCmp(B, LLVMRealUGT, x, acc, ""), x, acc, "");
@@ -378,21 +390,31 @@ static void reduce_rows(Cg *cg, Op op, LLVMValueRef src, LLVMValueRef dst, LLVMV
   loop_end(cg, &lo);
 }
 
-static void gen_reduce(Cg *cg, int i, LLVMValueRef dst) {
+// A reduction whose input is computed on the fly by the elementwise instruction producer
+// (its only use), or read from its slot (producer -1).
+static bool contiguous_reduce(Fn *fn, int i) {
+  Ins *ins = &fn->ins[i];
+  return op_class[ins->op] == OC_REDUCE &&
+         (ins->axis < 0 || ins->axis == fn->ins[ins->arg[0]].shape.rank - 1);
+}
+
+static void gen_reduce_from(Cg *cg, int i, LLVMValueRef dst, int producer) {
   Fn *fn = cg->ir;
   Ins *ins = &fn->ins[i];
   LLVMBuilderRef B = cg->b;
   LLVMValueRef src = cg->buf[ins->arg[0]], outer, len, inner;
   Shape as = fn->ins[ins->arg[0]].shape;
   reduce_dims(cg, as, ins->axis, &outer, &len, &inner);
-  if (ins->axis < 0 || ins->axis == as.rank - 1) {  // contiguous: accumulate in registers
-    reduce_rows(cg, ins->op, src, dst, outer, len, false);
+  if (contiguous_reduce(fn, i)) {  // contiguous: accumulate in registers
+    reduce_rows(cg, ins->op, src, dst, outer, len, false, producer);
     if (ins->op == OP_LSE)
-      reduce_rows(cg, ins->op, src, dst, outer, len, true);
+      reduce_rows(cg, ins->op, src, dst, outer, len, true, producer);
     return;
   }
   LLVMValueRef cnt = numel(cg, ins->shape);
   bool is_max = ins->op == OP_RMAX || ins->op == OP_LSE;
+  if (producer >= 0)
+    die("gen_reduce: a fused producer on a strided reduction");
   fill(cg, dst, cnt, cf32(cg, is_max ? -1.0 / 0.0 : 0));
   // pass 1: sum or max; pass 2 (LSE): Σ exp(a - max) into the second slot
   for (int pass = 0; pass < (ins->op == OP_LSE ? 2 : 1); pass++) {
@@ -420,6 +442,7 @@ static void gen_reduce(Cg *cg, int i, LLVMValueRef dst) {
   }
   if (ins->op == OP_LSE || ins->op == OP_MEAN) {
     LLVMValueRef lenf = LLVMBuildSIToFP(B, len, cg->f32, "");
+    (void)producer;
     Loop l = loop_begin(cg, cnt);
     LLVMValueRef v = load_at(cg, dst, l.iv);
     if (ins->op == OP_MEAN)
@@ -430,6 +453,8 @@ static void gen_reduce(Cg *cg, int i, LLVMValueRef dst) {
     loop_end(cg, &l);
   }
 }
+
+static void gen_reduce(Cg *cg, int i, LLVMValueRef dst) { gen_reduce_from(cg, i, dst, -1); }
 
 static void gen_matmul(Cg *cg, int i, LLVMValueRef dst) {
   Fn *fn = cg->ir;
@@ -589,10 +614,13 @@ static bool fusable(Fn *fn, int i, Shape *shape) {
   return true;
 }
 
-// A scalar instruction with no loop and no effects, none of whose operands is in the run.
+// A tensor's handle, or a scalar instruction with no loop and no effects, none of whose
+// operands is in the run.
 static bool hoistable(Fn *fn, int j, const int *members, int nm) {
   Ins *ins = &fn->ins[j];
   OpClass c = op_class[ins->op];
+  if (ins->op == OP_TENSOR)  // no code: its slot is a persistent tensor
+    return true;
   if (ins->shape.rank != 0 ||
       !(c == OC_UNARY || c == OC_BINARY || c == OC_SELECT || ins->op == OP_INPUT || ins->op == OP_CONST))
     return false;
@@ -768,9 +796,10 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
     for (int k = 0; k < op_nargs[ir->ins[i].op]; k++)
       last_use[ir->ins[i].arg[k]] = i;
   for (int i = 0; i < ir->len;) {
-    // The guard: before the first write to a weight, buffer or optimizer state, the
-    // runtime looks at the loss and Σ g² and may discard the whole update.
-    if (cg->guard && ir->ins[i].op == OP_STORE && (i == 0 || ir->ins[i - 1].op != OP_STORE)) {
+    // The guard: once the loss and Σ g² are known, and before anything of the update is
+    // computed or written (weights, buffers, optimizer state), the runtime may discard the
+    // step.
+    if (cg->guard && i == cg->p->train_gsq + 1) {
       LLVMTypeRef pt[4] = {cg->ptr, cg->f32, cg->f32, cg->i64};
       LLVMValueRef args[4] = {cg->run, scalar(cg, cg->p->train_loss), scalar(cg, cg->p->train_gsq),
                               cg->n};
@@ -790,9 +819,8 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
     members[0] = i;
     if (fusable(ir, i, &shape)) {
       for (; j < ir->len; j++) {
-        Ins *in = &ir->ins[j];
-        if (cg->guard && in->op == OP_STORE && ir->ins[j - 1].op != OP_STORE)
-          break;  // the guard comes between the last computation and the first store
+        if (cg->guard && j == cg->p->train_gsq + 1)
+          break;  // the guard comes between Σ g² and the update
         if (fusable(ir, j, &next) && shape_eq(next, shape)) {
           members[nm++] = j;
           continue;
@@ -807,8 +835,15 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
     LLVMValueRef t0 = cg->profile ? profile_begin(cg) : NULL;
     for (int k = 0; k < nh; k++)
       gen_ins(cg, hoisted[k]);
+    Shape one;
     if (nm > 1) {
       gen_fused(cg, members, nm, j, last_use);
+    } else if (fusable(ir, i, &one) && ir->ins[i].op != OP_STORE && i + 1 < ir->len &&
+               contiguous_reduce(ir, i + 1) && ir->ins[i + 1].arg[0] == i &&
+               last_use[i] == i + 1 && !cg->keep[i] && !(cg->guard && i + 1 == cg->p->train_gsq + 1)) {
+      // an elementwise value read only by the reduction after it: computed inside it
+      gen_reduce_from(cg, i + 1, cg->buf[i + 1], i);
+      j = i + 2;
     } else {
       j = i + 1;
       gen_ins(cg, i);

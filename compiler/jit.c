@@ -47,7 +47,7 @@ static LLVMTargetMachineRef target_machine(const char *triple_or_null) {
   char *cpu = triple_or_null ? strdup("generic") : LLVMGetHostCPUName();
   char *features = triple_or_null ? strdup("") : LLVMGetHostCPUFeatures();
   LLVMTargetMachineRef tm = LLVMCreateTargetMachine(target, triple, cpu, features,
-                                                    LLVMCodeGenLevelAggressive, LLVMRelocPIC,
+                                                    LLVMCodeGenLevelDefault, LLVMRelocPIC,
                                                     LLVMCodeModelDefault);
   LLVMDisposeMessage(triple);
   free(cpu), free(features);
@@ -85,6 +85,11 @@ static LLVMModuleRef build_module(Prog *p, LLVMContextRef ctx, LLVMTargetMachine
   LLVMPassBuilderOptionsRef opts = LLVMCreatePassBuilderOptions();
   LLVMPassBuilderOptionsSetLoopVectorization(opts, 1);
   LLVMPassBuilderOptionsSetSLPVectorization(opts, 1);
+  // Vectorized loops are not interleaved or unrolled further: the generated loops are
+  // memory-bound, and it halves the time LLVM spends (measured on the Fashion MLP: the same
+  // samples/s, compile time from about 1.1 s to 0.55 s).
+  LLVMPassBuilderOptionsSetLoopInterleaving(opts, 0);
+  LLVMPassBuilderOptionsSetLoopUnrolling(opts, 0);
   LLVMErrorRef err = LLVMRunPasses(mod, "default<O3>", tm, opts);
   if (err)
     llvm_fail("optimizing", err);

@@ -1428,9 +1428,9 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
     }
   // Clipping: by value (clamp each element), then by the global norm (scale every gradient
   // by min(1, c / (‖g‖ + 1e-6)), as clip_grad_value_ and clip_grad_norm_).
+  int coef = -1;  // clip by norm: the factor every gradient is scaled by
   if (p->clip_value > 0 || p->clip_norm > 0) {
     fn->cur_pos = p->clip_pos;
-    int coef = -1;
     if (p->clip_norm > 0) {
       int norm = ir_op1(fn, OP_SQRT, gsq);
       coef = ir_op2(fn, OP_MIN, ir_const(fn, 1),
@@ -1449,22 +1449,25 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
                              ir_op2(fn, OP_ADD, norm, ir_const(fn, 1e-6))));
       }
     }
-    for (int k = 0; k < nparams; k++) {
-      if (p->clip_value > 0)
-        grads[k] = ir_op2(fn, OP_MIN, ir_op2(fn, OP_MAX, grads[k], ir_const(fn, -p->clip_value)),
-                          ir_const(fn, p->clip_value));
-      if (coef >= 0)
-        grads[k] = ir_op2(fn, OP_MUL, grads[k], coef);
-    }
   }
 
-  // the optimizer, inlined once per parameter
+  // the buffers the forward pass updated (batchnorm's statistics) are written first, after
+  // the guard; then the optimizer, inlined once per parameter
+  emit_stores(L);
   fn->cur_layer = NULL;
   int in_lr = ir_input(fn, IN_LR, shape_scalar()), in_t = ir_input(fn, IN_T, shape_scalar());
   for (int k = 0; k < nparams; k++) {
     int t = ptensor[k];
     const char *pname = p->tensors[t].name;
     fn->cur_layer = pname;
+    // clipping, applied where the update uses the gradient (so the two fuse into one loop)
+    if (p->clip_value > 0 || coef >= 0)
+      fn->cur_pos = p->clip_pos;
+    if (p->clip_value > 0)
+      grads[k] = ir_op2(fn, OP_MIN, ir_op2(fn, OP_MAX, grads[k], ir_const(fn, -p->clip_value)),
+                        ir_const(fn, p->clip_value));
+    if (coef >= 0)
+      grads[k] = ir_op2(fn, OP_MUL, grads[k], coef);
     Env *env = oargs;
     env = bind(env, "lr", B_VAL, in_lr, 0, -1);
     env = bind(env, "t", B_VAL, in_t, 0, -1);
@@ -1489,6 +1492,9 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
       }
     }
     error_context_clear();
+    // This parameter's updates are written right after they are computed (nothing later in
+    // the step reads it), so codegen can fuse the update and the writes into one loop.
+    emit_stores(L);
   }
   fn->cur_layer = NULL;
   emit_stores(L);
