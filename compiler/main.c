@@ -52,6 +52,7 @@ static const char usage[] =
 typedef struct {
   const char *cmd, *what, *file, *out, *init, *resume, *output, *emit, *target, *weights,
       *input;
+  const char *hint;  // the command to continue this run: keel run FILE and its flags
   Overrides ov;
   int threads;
   bool no_shuffle, werror, profile;
@@ -167,6 +168,15 @@ static Args parse_args(int argc, char **argv) {
   }
   if (!a.file)
     fatal("keel %s needs a .nn script", a.cmd);
+  // the same command without --resume/--init, to print with "--resume last.safetensors"
+  a.hint = str_fmt("keel %s", a.cmd);
+  for (int k = 2; k < argc; k++) {
+    if (is(argv[k], "--resume") || is(argv[k], "--init")) {
+      k++;
+      continue;
+    }
+    a.hint = str_fmt("%s %s", a.hint, argv[k]);
+  }
   if (is(a.cmd, "build") && !a.output)
     fatal("keel build needs -o OUT, the file to write");
   if (a.target && !a.emit)
@@ -202,7 +212,7 @@ static KrtSession start(Prog *p, Args *a, KeelJit **jit) {
   KrtOptions opt = {.epochs = -1, .steps = -1, .batch = -1, .seed = -1, .threads = a->threads,
                     .out = a->out, .init = a->init, .resume = a->resume,
                     .no_shuffle = a->no_shuffle, .compile_seconds = krt_now() - t0,
-                    .resume_hint = str_fmt("keel run %s", a->file)};
+                    .resume_hint = a->hint};
   KrtSession s = krt_session_start(prog, &opt);
   lint_fail(lint_schedule(p, krt_total_steps(s.run), krt_batches_per_epoch(s.run)), a->werror);
   return s;

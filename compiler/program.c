@@ -109,6 +109,10 @@ static char *program_hash(Prog *p) {
   ir_print(f, p, p->train);
   ir_print(f, p, p->eval);
   ir_print(f, p, p->sched);
+  // the settings the runtime acts on, besides the IR (epochs and steps may change on resume)
+  fprintf(f, "early %d %.17g %d plateau %d %.17g guard %.17g %d drop_last %d\n",
+          p->early_patience, p->early_min_delta, p->early_monitor_accuracy, p->plateau_patience,
+          p->plateau_factor, p->guard_spike, p->guard_limit, p->drop_last);
   fclose(f);
   uint64_t h = 0xcbf29ce484222325u;
   for (size_t i = 0; i < len; i++)

@@ -312,8 +312,9 @@ void krt_train_end(KrtRun *r);
 // "keel_state": a JSON object with the rest (doubles as %.17g; NaN and infinities as the
 // strings "nan", "inf", "-inf"):
 //   version (1), seed (a string), batch_size, data {samples, batches, hash (a fingerprint
-//   of the training set)}, epochs, total_steps (as planned), step, epoch (the epoch to run
-//   next, from 0), batch (its training batches done: 0 at an epoch boundary), epochs_done,
+//   of the training set)}, epochs, total_steps (as planned), threads, step, epoch (the
+//   epoch to run next, from 0), batch (its training batches done: 0 at an epoch boundary),
+//   epochs_done,
 //   lr, epoch_sums {loss, samples, correct, seconds} (the open epoch's), train_seconds,
 //   train_samples, lr_scale, best_epoch, best, wait, early_stopped, plateau_best,
 //   plateau_bad, lr_reductions [{epoch, lr_scale}], guard {used, stopped, good_steps, run,

@@ -1441,8 +1441,8 @@ static char *state_json(KrtRun *r) {
   fprintf(f, "\"data\":{\"samples\":%lld,\"batches\":%lld,\"hash\":\"%016llx\"},",
           (long long)r->set[TRAIN].n, (long long)r->nb,
           (unsigned long long)train_fingerprint(r));
-  fprintf(f, "\"epochs\":%lld,\"total_steps\":%lld,", (long long)krt_epochs(r),
-          (long long)krt_total_steps(r));
+  fprintf(f, "\"epochs\":%lld,\"total_steps\":%lld,\"threads\":%d,", (long long)krt_epochs(r),
+          (long long)krt_total_steps(r), r->cfg.threads);
   fprintf(f, "\"step\":%lld,\"epoch\":%lld,\"batch\":%lld,\"epochs_done\":%lld,\"lr\":",
           (long long)r->step, (long long)(boundary ? r->epoch + 1 : r->epoch),
           (long long)(boundary ? 0 : r->batch_done), (long long)r->epochs_done);
@@ -1901,6 +1901,10 @@ void krt_resume(KrtRun *r, const char *path) {
     printf("note: the checkpoint's run was to train %lld steps, this one %lld; a schedule over "
            "the whole run follows the new count\n", (long long)planned,
            (long long)krt_total_steps(r));
+  int64_t threads = jint(path, st, "threads", 0);
+  if (threads != r->cfg.threads)  // matrix products may round differently
+    printf("note: the checkpoint's run used --threads %lld, this one %d; the weights will not be "
+           "bit-identical to an uninterrupted run's\n", (long long)threads, r->cfg.threads);
   fflush(stdout);
   cJSON_Delete(st);
   krt_st_close(&f);

@@ -9,6 +9,7 @@
 #include "keelrt.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,4 +70,20 @@ void krt_write_atomic(const char *path, void (*write)(FILE *f, void *ctx), void 
     krt_fail("%s: cannot write: %s", path, strerror(err));
   }
   free(tmp);
+  // the rename itself reaches the disk when the folder is synced
+  char *dir = krt_xmalloc(strlen(path) + 2);
+  strcpy(dir, path);
+  char *slash = strrchr(dir, '/');
+  if (!slash)
+    strcpy(dir, ".");
+  else if (slash == dir)
+    dir[1] = 0;  // the root folder
+  else
+    *slash = 0;
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    fsync(fd);
+    close(fd);
+  }
+  free(dir);
 }
