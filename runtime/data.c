@@ -152,10 +152,9 @@ static KrtSet idx_set(const char *images, const char *labels) {
   for (int i = 1; i < im.ndims; i++)
     s.features *= im.dim[i];
   s.ydim = 1;
-  s.x = krt_xmalloc((size_t)im.size * sizeof(float));
+  s.x8 = im.data, s.x8_scale = 1;  // the pixels stay bytes
+  im.data = NULL;
   s.y = krt_xmalloc((size_t)s.n * sizeof(float));
-  for (int64_t i = 0; i < im.size; i++)
-    s.x[i] = im.data[i];
   for (int64_t i = 0; i < s.n; i++)
     s.y[i] = lb.data[i];
   s.classes = count_classes(s.y, s.n);
@@ -337,8 +336,26 @@ static KrtSet load_csv(const char *path, const char *label, int64_t features) {
 // transformations
 
 void krt_set_scale(KrtSet *s, float scale) {
+  if (s->x8) {
+    s->x8_scale *= scale;
+    return;
+  }
   for (int64_t i = 0; i < s->n * s->features; i++)
     s->x[i] *= scale;
+}
+
+float krt_set_value(const KrtSet *s, int64_t i) {
+  return s->x8 ? (float)s->x8[i] * s->x8_scale : s->x[i];
+}
+
+void krt_set_row(const KrtSet *s, int64_t row, float *out) {
+  if (!s->x8) {
+    memcpy(out, s->x + row * s->features, sizeof(float) * (size_t)s->features);
+    return;
+  }
+  const uint8_t *in = s->x8 + row * s->features;
+  for (int64_t j = 0; j < s->features; j++)
+    out[j] = (float)in[j] * s->x8_scale;
 }
 
 static int64_t round_count(double frac, int64_t n) {
@@ -378,20 +395,28 @@ void krt_set_holdout(KrtSet *s, KrtSet *val, double frac, uint64_t seed) {
   int64_t nval = 0;
   for (int64_t i = 0; i < s->n; i++)
     nval += to_val[i];
-  *val = (KrtSet){.n = nval, .features = s->features, .ydim = s->ydim, .classes = s->classes};
-  val->x = krt_xmalloc((size_t)(nval ? nval : 1) * (size_t)s->features * sizeof(float));
-  val->y = krt_xmalloc((size_t)(nval ? nval : 1) * (size_t)s->ydim * sizeof(float));
+  *val = (KrtSet){.n = nval, .features = s->features, .ydim = s->ydim, .classes = s->classes,
+                  .x8_scale = s->x8_scale};
+  // samples are floats or bytes; rows move as bytes either way
+  size_t xrow = (size_t)s->features * (s->x8 ? 1 : sizeof(float)), yrow = (size_t)s->ydim * sizeof(float);
+  char *sx = s->x8 ? (char *)s->x8 : (char *)s->x;
+  char *vx = krt_xmalloc((size_t)(nval ? nval : 1) * xrow);
+  if (s->x8)
+    val->x8 = (uint8_t *)vx;
+  else
+    val->x = (float *)vx;
+  val->y = krt_xmalloc((size_t)(nval ? nval : 1) * yrow);
   // both parts keep the file's order; s is compacted in place
-  size_t xrow = (size_t)s->features * sizeof(float), yrow = (size_t)s->ydim * sizeof(float);
   int64_t kt = 0, kv = 0;
   for (int64_t i = 0; i < s->n; i++) {
-    const float *xi = s->x + i * s->features, *yi = s->y + i * s->ydim;
+    const char *xi = sx + (size_t)i * xrow;
+    const float *yi = s->y + i * s->ydim;
     if (to_val[i]) {
-      memcpy(val->x + kv * s->features, xi, xrow);
+      memcpy(vx + (size_t)kv * xrow, xi, xrow);
       memcpy(val->y + kv * s->ydim, yi, yrow);
       kv++;
     } else {
-      memmove(s->x + kt * s->features, xi, xrow);
+      memmove(sx + (size_t)kt * xrow, xi, xrow);
       memmove(s->y + kt * s->ydim, yi, yrow);
       kt++;
     }
@@ -403,6 +428,7 @@ void krt_set_holdout(KrtSet *s, KrtSet *val, double frac, uint64_t seed) {
 
 void krt_set_free(KrtSet *s) {
   free(s->x);
+  free(s->x8);
   free(s->y);
   *s = (KrtSet){0};
 }

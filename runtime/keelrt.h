@@ -59,7 +59,9 @@ void krt_permutation(int64_t *perm, int64_t n, uint64_t key);
 // data.c — data sets in memory
 
 typedef struct {
-  float *x;          // n × features, row-major
+  float *x;          // n × features, row-major (NULL when the samples are bytes, x8)
+  uint8_t *x8;       // IDX images: the bytes as read; a sample's value is x8[i] · x8_scale
+  float x8_scale;    //   (a quarter of the memory of floats; converted when batches are taken)
   float *y;          // n × ydim (class index stored as a float when ydim == 1 and classes)
   int64_t n;         // samples
   int64_t features;  // floats per sample in x
@@ -82,6 +84,9 @@ KrtSet krt_load_csv(const char *path, const char *label);
 KrtSet krt_load_idx_images(const char *images);
 KrtSet krt_load_csv_features(const char *path, const char *label, int64_t features);
 void krt_set_scale(KrtSet *s, float scale);          // x *= scale
+// Sample values as floats: element i of x, or the features of one row copied into out.
+float krt_set_value(const KrtSet *s, int64_t i);
+void krt_set_row(const KrtSet *s, int64_t row, float *out);
 // Moves a fraction frac of s into *val, chosen by a seeded shuffle (never "the last part of
 // the file"); the rest stays in s in its original order.
 void krt_set_holdout(KrtSet *s, KrtSet *val, double frac, uint64_t seed);

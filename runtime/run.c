@@ -557,7 +557,7 @@ static void copy_rows(const KrtSet *s, const int64_t *order, int64_t first, int6
                       float *x, float *y) {
   for (int64_t i = 0; i < rows; i++) {
     int64_t k = order ? order[first + i] : first + i;
-    memcpy(x + i * s->features, s->x + k * s->features, (size_t)s->features * sizeof(float));
+    krt_set_row(s, k, x + i * s->features);
     memcpy(y + i * s->ydim, s->y + k * s->ydim, (size_t)s->ydim * sizeof(float));
   }
 }
@@ -1414,14 +1414,17 @@ static uint64_t train_fingerprint(KrtRun *r) {
     return r->data_hash;
   const KrtSet *s = &r->set[TRAIN];
   uint64_t h = krt_hash((uint64_t)s->n, (uint64_t)s->features << 20 | (uint64_t)s->ydim);
-  const float *part[2] = {s->x, s->y};
-  int64_t count[2] = {s->n * s->features, s->n * s->ydim};
-  for (int p = 0; p < 2; p++)
-    for (int64_t i = 0; i < count[p]; i++) {
-      uint32_t bits;
-      memcpy(&bits, &part[p][i], sizeof bits);
-      h = krt_hash(h, bits);
-    }
+  for (int64_t i = 0; i < s->n * s->features; i++) {
+    float v = krt_set_value(s, i);
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    h = krt_hash(h, bits);
+  }
+  for (int64_t i = 0; i < s->n * s->ydim; i++) {
+    uint32_t bits;
+    memcpy(&bits, &s->y[i], sizeof bits);
+    h = krt_hash(h, bits);
+  }
   r->data_hashed = true;
   r->data_hash = h;
   return h;

@@ -298,8 +298,8 @@ static void predict_all(FILE *f, void *ctx) {
   double in[16] = {0};
   for (int64_t b = 0; b < pr->set->n; b += batch) {
     int64_t n = pr->set->n - b < batch ? pr->set->n - b : batch;
-    memcpy(pr->slots[p->x_slot], pr->set->x + b * p->cfg.features,
-           sizeof(float) * (size_t)(n * p->cfg.features));
+    for (int64_t i = 0; i < n; i++)
+      krt_set_row(pr->set, b + i, pr->slots[p->x_slot] + i * p->cfg.features);
     memset(pr->slots[p->y_slot], 0, sizeof(float) * (size_t)(n * p->cfg.ydim));
     pr->eval_step(pr->slots, n, in, p->cfg.seed, NULL);
     write_rows(f, p, pr->slots[p->out_slot], n);

@@ -188,12 +188,12 @@ static void test_idx(void) {
         (long long)s.n, (long long)s.features, (long long)s.ydim, (long long)s.classes);
   int same = 1;
   for (int i = 0; i < 30; i++)
-    same &= s.x[i] == pix[i];
+    same &= krt_set_value(&s, i) == pix[i];
   for (int i = 0; i < 5; i++)
     same &= s.y[i] == lab[i];
   CHECK(same, "idx values");
   krt_set_scale(&s, 1.0f / 255);
-  CHECK(s.x[29] == 232.0f * (1.0f / 255), "scaled %g", s.x[29]);
+  CHECK(krt_set_value(&s, 29) == 232.0f * (1.0f / 255), "scaled %g", krt_set_value(&s, 29));
   krt_set_free(&s);
   s = krt_load_idx(im, lbraw);  // gzread reads uncompressed files too
   CHECK(s.n == 5 && s.y[0] == 3, "plain idx labels");
@@ -231,7 +231,7 @@ static void test_idx(void) {
     s = krt_load_idx(real_im, real_lb);
     float max = 0;
     for (int64_t i = 0; i < s.n * s.features; i++)
-      max = s.x[i] > max ? s.x[i] : max;
+      max = krt_set_value(&s, i) > max ? krt_set_value(&s, i) : max;
     CHECK(s.n == 10000 && s.features == 784 && s.classes == 10 && max == 255,
           "fashion-mnist t10k: %lld × %lld, %lld classes, max %g", (long long)s.n,
           (long long)s.features, (long long)s.classes, max);
