@@ -97,48 +97,11 @@ static const char *duration(const Arg *a) {
   return str_fmt("%s %s%s", num(v), unit, v == 1 ? "" : "s");
 }
 
-// The start of line `line` of src.
-static const char *line_start(const char *src, int line) {
-  const char *p = src;
-  for (int l = 1; l < line && *p; p++)
-    if (*p == '\n')
-      l++;
-  return p;
-}
-
-// Text from p to the end of its line (or to `stop`), without a comment, blanks collapsed;
-// with stop_then, only up to the word `then`.
-static const char *clean(const char *p, const char *stop, bool stop_then) {
-  char *out = arena_alloc(strlen(p) + 1), *o = out;
-  bool in_str = false;
-  const char *begin = p;
-  for (; *p && *p != '\n' && *p != '\r' && (!stop || p < stop); p++) {
-    if (*p == '"')
-      in_str = !in_str;
-    if (!in_str && *p == '#')
-      break;
-    if (!in_str && stop_then && !strncmp(p, "then", 4) &&
-        (p == begin || p[-1] == ' ' || p[-1] == '\t') &&
-        (p[4] == ' ' || p[4] == '\t' || p[4] == '\n' || p[4] == '\r' || !p[4]))
-      break;
-    if (*p == ' ' || *p == '\t') {
-      if (o > out && o[-1] != ' ')
-        *o++ = ' ';
-      continue;
-    }
-    *o++ = *p;
-  }
-  while (o > out && o[-1] == ' ')
-    o--;
-  *o = 0;
-  return out;
-}
-
 // The whole line of the script at pos, as written ("clip norm=1.0").
 static const char *line_text(Pos pos) {
   if (!pos.src || pos.line < 1)
     return NULL;
-  const char *t = clean(line_start(pos.src, pos.line), NULL, false);
+  const char *t = src_text(src_line(pos.src, pos.line), NULL, false);
   return *t ? t : NULL;
 }
 
@@ -157,7 +120,7 @@ static const char *find_line(const char *src, const char *word) {
       while (*r == ' ' || *r == '\t')
         r++;
       if (*r != '=')
-        return clean(q, NULL, false);
+        return src_text(q, NULL, false);
     }
     p = strchr(p, '\n');
     if (!p)
@@ -172,11 +135,11 @@ static const char *layer_text(Prog *p, int i) {
   LayerInfo *l = &p->layers[i];
   if (!l->pos.src)
     return l->kind;
-  const char *start = line_start(l->pos.src, l->pos.line) + l->pos.col - 1, *stop = NULL;
+  const char *start = src_line(l->pos.src, l->pos.line) + l->pos.col - 1, *stop = NULL;
   if (i + 1 < p->nlayers && p->layers[i + 1].pos.line == l->pos.line &&
       p->layers[i + 1].pos.src == l->pos.src && p->layers[i + 1].pos.col > l->pos.col)
-    stop = line_start(l->pos.src, l->pos.line) + p->layers[i + 1].pos.col - 1;
-  const char *t = clean(start, stop, false);
+    stop = src_line(l->pos.src, l->pos.line) + p->layers[i + 1].pos.col - 1;
+  const char *t = src_text(start, stop, false);
   return *t ? t : l->kind;
 }
 

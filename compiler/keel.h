@@ -36,6 +36,10 @@ char *str_dup(const char *s);
 char *str_ndup(const char *s, size_t n);
 char *str_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 char *read_file(const char *path, size_t *len);  // NULL when it cannot be read
+const char *src_line(const char *src, int line);   // the start of that line (from 1)
+// The text from p to the end of its line (or to stop), without a comment, runs of blanks as
+// one space; with stop_then, only up to the word `then`. (Lints and explain quote it.)
+char *src_text(const char *p, const char *stop, bool stop_then);
 
 // Prints `file:line:col: error: message`, the source line and a caret, then exits 1.
 _Noreturn void error_at(Pos pos, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

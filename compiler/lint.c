@@ -50,35 +50,10 @@ static const char *num(double v) {
 static const char *source_text(Pos pos, bool stop_then) {
   if (!pos.src || pos.line < 1)
     return "";
-  const char *p = pos.src;
-  for (int l = 1; l < pos.line && *p; p++)
-    if (*p == '\n')
-      l++;
+  const char *p = src_line(pos.src, pos.line);
   for (int c = 1; c < pos.col && *p && *p != '\n'; c++)
     p++;
-  char *out = arena_alloc(strlen(p) + 1), *o = out;
-  const char *begin = p;
-  bool in_str = false;
-  for (; *p && *p != '\n' && *p != '\r'; p++) {
-    if (*p == '"')
-      in_str = !in_str;
-    if (!in_str && *p == '#')
-      break;
-    if (!in_str && stop_then && !strncmp(p, "then", 4) &&
-        (p == begin || p[-1] == ' ' || p[-1] == '\t') &&
-        (p[4] == ' ' || p[4] == '\t' || p[4] == '\n' || p[4] == '\r' || !p[4]))
-      break;
-    if (*p == ' ' || *p == '\t') {
-      if (o > out && o[-1] != ' ')
-        *o++ = ' ';
-      continue;
-    }
-    *o++ = *p;
-  }
-  while (o > out && o[-1] == ' ')
-    o--;
-  *o = 0;
-  return out;
+  return src_text(p, NULL, stop_then);
 }
 
 // The name at pos ("fashion" at a data block's name).

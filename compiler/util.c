@@ -89,6 +89,43 @@ char *read_file(const char *path, size_t *len) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Source text, as lints and explanations quote it
+
+const char *src_line(const char *src, int line) {
+  const char *p = src;
+  for (int l = 1; l < line && *p; p++)
+    if (*p == '\n')
+      l++;
+  return p;
+}
+
+char *src_text(const char *p, const char *stop, bool stop_then) {
+  char *out = arena_alloc(strlen(p) + 1), *o = out;
+  bool in_str = false;
+  const char *begin = p;
+  for (; *p && *p != '\n' && *p != '\r' && (!stop || p < stop); p++) {
+    if (*p == '"')
+      in_str = !in_str;
+    if (!in_str && *p == '#')
+      break;
+    if (!in_str && stop_then && !strncmp(p, "then", 4) &&
+        (p == begin || p[-1] == ' ' || p[-1] == '\t') &&
+        (p[4] == ' ' || p[4] == '\t' || p[4] == '\n' || p[4] == '\r' || !p[4]))
+      break;
+    if (*p == ' ' || *p == '\t') {
+      if (o > out && o[-1] != ' ')
+        *o++ = ' ';
+      continue;
+    }
+    *o++ = *p;
+  }
+  while (o > out && o[-1] == ' ')
+    o--;
+  *o = 0;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Errors
 
 static void vreport(Pos pos, const char *kind, const char *fmt, va_list ap) {

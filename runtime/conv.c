@@ -92,22 +92,31 @@ void krt_conv2d_dw(const float *x, const float *dy, float *dw, int64_t n, int64_
 // Pooling over k × k windows with stride s and padding p. Max pooling treats the padding as
 // -inf and sends each window's gradient to its first maximum (as PyTorch does); average
 // pooling counts the padding as zeros (PyTorch's count_include_pad=True).
+// The index in x of the first maximum of window (r, q) of plane m, or -1 when the window
+// lies wholly in the padding. A NaN wins, so that it propagates as in PyTorch.
+static int64_t window_argmax(const float *x, int64_t m, int64_t r, int64_t q, int64_t h,
+                             int64_t w, int64_t k, int64_t s, int64_t p) {
+  int64_t arg = -1;
+  for (int64_t i = 0; i < k; i++)
+    for (int64_t j = 0; j < k; j++) {
+      int64_t yy = r * s - p + i, xx = q * s - p + j;
+      if (yy < 0 || yy >= h || xx < 0 || xx >= w)
+        continue;
+      int64_t e = (m * h + yy) * w + xx;
+      if (arg < 0 || x[e] > x[arg] || (isnan(x[e]) && !isnan(x[arg])))
+        arg = e;
+    }
+  return arg;
+}
+
 void krt_maxpool(const float *x, float *y, int64_t nc, int64_t h, int64_t w, int64_t k,
                  int64_t s, int64_t p) {
   int64_t oh = out_size(h, k, s, p, 1), ow = out_size(w, k, s, p, 1);
   for (int64_t m = 0; m < nc; m++)
     for (int64_t r = 0; r < oh; r++)
       for (int64_t q = 0; q < ow; q++) {
-        float best = -INFINITY;
-        for (int64_t i = 0; i < k; i++)
-          for (int64_t j = 0; j < k; j++) {
-            int64_t yy = r * s - p + i, xx = q * s - p + j;
-            if (yy >= 0 && yy < h && xx >= 0 && xx < w) {
-              float v = x[(m * h + yy) * w + xx];
-              best = v > best || isnan(v) ? v : best;
-            }
-          }
-        y[(m * oh + r) * ow + q] = best;
+        int64_t arg = window_argmax(x, m, r, q, h, w, k, s, p);
+        y[(m * oh + r) * ow + q] = arg >= 0 ? x[arg] : -INFINITY;
       }
 }
 
@@ -118,17 +127,7 @@ void krt_maxpool_dx(const float *x, const float *dy, float *dx, int64_t nc, int6
   for (int64_t m = 0; m < nc; m++)
     for (int64_t r = 0; r < oh; r++)
       for (int64_t q = 0; q < ow; q++) {
-        int64_t arg = -1;
-        float best = -INFINITY;
-        for (int64_t i = 0; i < k; i++)
-          for (int64_t j = 0; j < k; j++) {
-            int64_t yy = r * s - p + i, xx = q * s - p + j;
-            if (yy >= 0 && yy < h && xx >= 0 && xx < w) {
-              int64_t e = (m * h + yy) * w + xx;
-              if (arg < 0 || x[e] > best)
-                best = x[e], arg = e;
-            }
-          }
+        int64_t arg = window_argmax(x, m, r, q, h, w, k, s, p);
         if (arg >= 0)
           dx[arg] += dy[(m * oh + r) * ow + q];
       }
@@ -141,17 +140,7 @@ void krt_maxpool_gather(const float *x, const float *g, float *y, int64_t nc, in
   for (int64_t m = 0; m < nc; m++)
     for (int64_t r = 0; r < oh; r++)
       for (int64_t q = 0; q < ow; q++) {
-        int64_t arg = -1;
-        float best = -INFINITY;
-        for (int64_t i = 0; i < k; i++)
-          for (int64_t j = 0; j < k; j++) {
-            int64_t yy = r * s - p + i, xx = q * s - p + j;
-            if (yy >= 0 && yy < h && xx >= 0 && xx < w) {
-              int64_t e = (m * h + yy) * w + xx;
-              if (arg < 0 || x[e] > best)
-                best = x[e], arg = e;
-            }
-          }
+        int64_t arg = window_argmax(x, m, r, q, h, w, k, s, p);
         y[(m * oh + r) * ow + q] = arg >= 0 ? g[arg] : 0;
       }
 }

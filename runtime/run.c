@@ -978,23 +978,6 @@ static void json_num(FILE *f, const char *key, bool has, double v) {
   fputs(",\n", f);
 }
 
-static void json_str(FILE *f, const char *s) {
-  if (!s) {
-    fputs("null", f);
-    return;
-  }
-  fputc('"', f);
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-    if (*p == '"' || *p == '\\')
-      fprintf(f, "\\%c", *p);
-    else if (*p < 0x20)
-      fprintf(f, "\\u%04x", *p);
-    else
-      fputc(*p, f);
-  }
-  fputc('"', f);
-}
-
 static const char *stop_reason(const KrtRun *r) {
   return r->interrupted    ? "interrupted"
          : r->guard_stopped  ? "guard"
@@ -1072,9 +1055,9 @@ static void write_report(FILE *f, void *ctx) {
     const GuardEvent *e = &r->events[i];
     fprintf(f, "%s\n    {\"step\": %lld, \"epoch\": %lld, \"reason\": ", i ? "," : "",
             (long long)e->step, (long long)e->epoch);
-    json_str(f, e->reason);
+    krt_json_string(f, e->reason);
     fputs(", \"where\": ", f);
-    json_str(f, where_of(e));
+    krt_json_string(f, where_of(e));
     fputs(", \"lr_scale_after\": ", f);
     json_val(f, true, e->lr_scale_after);
     fputc('}', f);
@@ -1482,9 +1465,9 @@ static char *state_json(KrtRun *r) {
     const GuardEvent *e = &r->events[i];
     fprintf(f, "%s{\"step\":%lld,\"epoch\":%lld,\"reason\":", i ? "," : "", (long long)e->step,
             (long long)e->epoch);
-    json_str(f, e->reason);
+    krt_json_string(f, e->reason);
     fputs(",\"where\":", f);
-    json_str(f, where_of(e));
+    krt_json_string(f, where_of(e));
     fputs(",\"lr_scale_after\":", f);
     put_double(f, e->lr_scale_after);
     fputc('}', f);
@@ -1514,7 +1497,7 @@ static char *state_json(KrtRun *r) {
   for (int i = 0, n = 0; i < r->cfg.ntensors; i++)
     if (r->tensors[i].kind == KRT_STATE) {
       fputs(n++ ? "," : "", f);
-      json_str(f, r->tensors[i].name);
+      krt_json_string(f, r->tensors[i].name);
     }
   fputc(']', f);
   int64_t c = r->cfg.classes;

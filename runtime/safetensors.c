@@ -31,19 +31,6 @@ static int64_t numel(int rank, const int64_t *dim) {
 // ---------------------------------------------------------------------------------------------
 // writing
 
-static void put_json_string(FILE *f, const char *s) {
-  fputc('"', f);
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-    if (*p == '"' || *p == '\\')
-      fprintf(f, "\\%c", *p);
-    else if (*p < 0x20)
-      fprintf(f, "\\u%04x", *p);
-    else
-      fputc(*p, f);
-  }
-  fputc('"', f);
-}
-
 typedef struct {
   const KrtNamedTensor *t;
   int count;
@@ -77,7 +64,7 @@ void krt_st_write(const char *path, const KrtNamedTensor *t, int count, const ch
   for (int i = 0; i < count; i++) {
     int64_t bytes = numel(t[i].rank, t[i].dim) * (int64_t)sizeof(float);
     fputs(i ? "," : "", h);
-    put_json_string(h, t[i].name);
+    krt_json_string(h, t[i].name);
     fputs(":{\"dtype\":\"F32\",\"shape\":[", h);
     for (int d = 0; d < t[i].rank; d++)
       fprintf(h, "%s%lld", d ? "," : "", (long long)t[i].dim[d]);
@@ -88,9 +75,9 @@ void krt_st_write(const char *path, const KrtNamedTensor *t, int count, const ch
     fputs(count ? ",\"__metadata__\":{" : "\"__metadata__\":{", h);
     for (int i = 0; i < nmeta; i++) {
       fputs(i ? "," : "", h);
-      put_json_string(h, meta[2 * i]);
+      krt_json_string(h, meta[2 * i]);
       fputc(':', h);
-      put_json_string(h, meta[2 * i + 1]);
+      krt_json_string(h, meta[2 * i + 1]);
     }
     fputc('}', h);
   }

@@ -42,6 +42,26 @@ double krt_now(void) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// JSON
+
+void krt_json_string(FILE *f, const char *s) {
+  if (!s) {
+    fputs("null", f);
+    return;
+  }
+  fputc('"', f);
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    if (*p == '"' || *p == '\\')
+      fprintf(f, "\\%c", *p);
+    else if (*p < 0x20)
+      fprintf(f, "\\u%04x", *p);
+    else
+      fputc(*p, f);
+  }
+  fputc('"', f);
+}
+
+// ---------------------------------------------------------------------------------------------
 // atomic writes
 
 void krt_write_atomic(const char *path, void (*write)(FILE *f, void *ctx), void *ctx) {
