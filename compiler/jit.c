@@ -31,8 +31,30 @@ static _Noreturn void llvm_fail(const char *what, LLVMErrorRef err) {
   die("%s: %s", what, msg);
 }
 
-// The machine code target: the host (its CPU and features), or another triple with a
-// generic CPU (keel build --target).
+// The machine code target: the host (its CPU and features) unless --cpu names another
+// (x86-64-v2 for a trainer that runs on older machines), or another triple with a generic
+// CPU (keel build --target). The JIT and a trainer built with the same --cpu execute the same
+// instructions.
+static const char *cpu_name;
+
+// LLVM ignores a CPU name it does not know, silently: check it against the usual ones.
+static const char *known_cpus[] = {
+    "generic", "x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4", "nehalem", "sandybridge",
+    "ivybridge", "haswell", "broadwell", "skylake", "skylake-avx512", "cascadelake",
+    "cooperlake", "icelake-client", "icelake-server", "tigerlake", "alderlake",
+    "sapphirerapids", "znver1", "znver2", "znver3", "znver4", "btver2"};
+
+void jit_set_cpu(const char *cpu) {
+  if (!cpu)
+    return;
+  bool known = false;
+  for (size_t i = 0; i < sizeof known_cpus / sizeof *known_cpus; i++)
+    known |= !strcmp(cpu, known_cpus[i]);
+  if (!known)
+    fatal("unknown --cpu '%s' (for example x86-64-v2, x86-64-v3, skylake, znver3)", cpu);
+  cpu_name = cpu;
+}
+
 static LLVMTargetMachineRef target_machine(const char *triple_or_null) {
   LLVMInitializeAllTargetInfos();
   LLVMInitializeAllTargets();
@@ -44,8 +66,8 @@ static LLVMTargetMachineRef target_machine(const char *triple_or_null) {
   LLVMTargetRef target;
   if (LLVMGetTargetFromTriple(triple, &target, &err))
     fatal("unknown target '%s': %s", triple, err);
-  char *cpu = triple_or_null ? strdup("generic") : LLVMGetHostCPUName();
-  char *features = triple_or_null ? strdup("") : LLVMGetHostCPUFeatures();
+  char *cpu = cpu_name ? strdup(cpu_name) : triple_or_null ? strdup("generic") : LLVMGetHostCPUName();
+  char *features = cpu_name || triple_or_null ? strdup("") : LLVMGetHostCPUFeatures();
   LLVMTargetMachineRef tm = LLVMCreateTargetMachine(target, triple, cpu, features,
                                                     LLVMCodeGenLevelDefault, LLVMRelocPIC,
                                                     LLVMCodeModelDefault);

@@ -427,6 +427,7 @@ typedef struct KeelJit KeelJit;
 KeelJit *jit_compile(Prog *p, bool print_llvm, FILE *out);
 // The address of a symbol of the module: keel_main, eval_step, schedule, keel_program.
 void *jit_symbol(KeelJit *j, const char *name);
+void jit_set_cpu(const char *cpu);  // --cpu: the CPU to generate code for (NULL: this one)
 void jit_free(KeelJit *j);
 // keel build: the same module, with `main`, for the host (or --target TRIPLE), written as an
 // executable linked with the runtime (emit NULL), or as "obj", "asm" or "llvm" text.

@@ -22,7 +22,7 @@
 
 static const char usage[] =
     "usage: keel run FILE [options]     train the network of a .nn script (JIT)\n"
-    "       keel build FILE -o OUT [--emit obj|asm|llvm] [--target TRIPLE]\n"
+    "       keel build FILE -o OUT [--emit obj|asm|llvm] [--target TRIPLE] [--cpu NAME]\n"
     "                                   a standalone trainer executable (OUT --help)\n"
     "       keel predict FILE --weights W INPUT [--out CSV]\n"
     "                                   predictions for IDX images or CSV rows\n"
@@ -47,12 +47,15 @@ static const char usage[] =
     "  --no-shuffle    keep the training data in file order\n"
     "  --Werror        treat the safety lints' warnings as errors (also for keel check)\n"
     "  --profile       time every kernel of the training step; print a table of where the\n"
-    "                  time goes (and write profile.csv)\n";
+    "                  time goes (and write profile.csv)\n"
+    "  --cpu NAME      generate code for that CPU (e.g. x86-64-v2) instead of this one;\n"
+    "                  keel build takes it too: the same --cpu gives the same weights\n";
 
 typedef struct {
   const char *cmd, *what, *file, *out, *init, *resume, *output, *emit, *target, *weights,
       *input;
   const char *hint;  // the command to continue this run: keel run FILE and its flags
+  const char *cpu;
   Overrides ov;
   int threads;
   bool no_shuffle, werror, profile;
@@ -74,7 +77,7 @@ static bool is(const char *a, const char *b) { return !strcmp(a, b); }
 static bool takes(const char *cmd, const char *flag) {
   static const char *train[] = {"--epochs", "--steps", "--batch", "--seed", "--threads",
                                 "--out", "--init", "--resume", "--no-shuffle", "--Werror",
-                                "--profile"};
+                                "--profile", "--cpu"};
   if (is(cmd, "run") || is(cmd, "schedule")) {
     for (size_t i = 0; i < sizeof train / sizeof *train; i++)
       if (is(flag, train[i]))
@@ -83,8 +86,11 @@ static bool takes(const char *cmd, const char *flag) {
   }
   if (is(cmd, "check"))
     return is(flag, "--Werror");
+  if (is(cmd, "emit"))
+    return is(flag, "--cpu");
   if (is(cmd, "build"))
-    return is(flag, "-o") || is(flag, "--emit") || is(flag, "--target") || is(flag, "--batch");
+    return is(flag, "-o") || is(flag, "--emit") || is(flag, "--target") || is(flag, "--batch") ||
+           is(flag, "--cpu");
   if (is(cmd, "predict"))
     return is(flag, "--weights") || is(flag, "--out") || is(flag, "--batch") ||
            is(flag, "--threads");
@@ -162,8 +168,13 @@ static Args parse_args(int argc, char **argv) {
       if (!is(v, "obj") && !is(v, "asm") && !is(v, "llvm"))
         fatal("--emit takes obj, asm or llvm, not '%s'", v);
       a.emit = v;
-    } else if (is(f, "--target")) a.target = v;
-    else if (is(f, "--weights")) a.weights = v;
+    } else if (is(f, "--target")) {
+      a.target = v;
+    } else if (is(f, "--cpu")) {
+      a.cpu = v;
+    } else if (is(f, "--weights")) {
+      a.weights = v;
+    }
     i++;
   }
   if (!a.file)
@@ -270,6 +281,7 @@ int main(int argc, char **argv) {
   }
   Prog *p = lower_program(a.file, user, parse_stdlib(), a.ov);
   p->profile = a.profile;
+  jit_set_cpu(a.cpu);
   if (is(a.cmd, "explain")) {
     explain_program(stdout, p);
     return 0;

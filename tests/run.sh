@@ -224,6 +224,12 @@ if [ "$only" = all ] || [ "$only" = aot ]; then
       fail "$nn: report.json differs between the JIT and the trainer"
   done
   ldd "$TMP/xor.trainer" | grep -qi llvm && fail "the trainer links LLVM" || ok
+  # a portable trainer (--cpu x86-64-v2) trains to the same bytes as the JIT with that --cpu
+  $KEEL build tests/e2e/early_stop.nn -o "$TMP/es-v2" --cpu x86-64-v2 > /dev/null 2>&1
+  (cd tests/e2e && "$TMP/es-v2" --out "$TMP/es-v2.aot" > /dev/null 2>&1)
+  (cd tests/e2e && "$KEEL_ABS" run early_stop.nn --cpu x86-64-v2 --out "$TMP/es-v2.jit" > /dev/null 2>&1)
+  cmp -s "$TMP/es-v2.aot/final.safetensors" "$TMP/es-v2.jit/final.safetensors" && ok ||
+    fail "--cpu x86-64-v2: the JIT and the trainer differ"
   "$TMP/xor.trainer" --help | grep -Eq "^dense2 +dense +\[n, 2\] +18$" && ok ||
     fail "trainer --help does not show the layer table"
   # predictions: one row per test image, and the same accuracy as the run's test_accuracy
