@@ -531,7 +531,7 @@ static void explain_seed(Explain *e, Prog *p) {
     what = str_fmt("%s%s%s", what, i + 1 < n ? ", " : " and ", items[i]);
   paragraph(e, str_fmt(
       "%s: %s %s from a counter-based random generator keyed by the seed, so the same "
-      "script, seed and --threads give bit-identical weights, run after run, through the JIT. "
+      "script, seed and --threads give bit-identical weights, run after run, through the JIT or a trainer built with the same --cpu. "
       "To tell a real improvement from luck, compare runs with a few seeds (--seed overrides "
       "this one).",
       as ? as : str_fmt("no seed line (seed %llu)", (unsigned long long)p->seed), what,

@@ -967,7 +967,8 @@ static Node *setting_def(Lower *L, Node *line, NodeKind kind, Node **items, int 
   *nitems = 0;
   for (Node *it = name->next; it; it = it->next) {
     if (it->kind == ND_THEN)
-      error_at(it->pos, "schedule composition with 'then' is not supported yet");
+      error_at(it->pos, "'then' joins schedules ('schedule warmup 500 then cosine'); it has "
+                        "no meaning on a %s line", kind_word(kind));
     if (*nitems == 64)
       error_at(it->pos, "too many arguments");
     items[(*nitems)++] = it;
@@ -1027,6 +1028,9 @@ static void lower_setting(Prog *p, Node *l) {
     if (have[0] && (v[0] != (int)v[0] || v[0] < 1))
       error_at(l->pos, "early_stop patience= must be a whole number of epochs above 0");
     p->early_min_delta = v[1];
+    if (v[1] < 0)
+      error_at(l->pos, "early_stop min_delta= is the smallest improvement that counts, 0 or "
+                       "more, got %g", v[1]);
     if (word[2] && strcmp(word[2], "val_loss") && strcmp(word[2], "val_accuracy"))
       error_at(l->pos, "early_stop monitor= is val_loss or val_accuracy, not '%s'", word[2]);
     p->early_monitor_accuracy = word[2] && !strcmp(word[2], "val_accuracy");
@@ -1034,6 +1038,8 @@ static void lower_setting(Prog *p, Node *l) {
   } else if (!strcmp(w, "on_plateau")) {
     named_settings(l, (const char *[]){"factor", "patience"}, 2, v, have, word);
     p->plateau_factor = have[0] ? v[0] : 0.1;
+    if (have[1] && v[1] != floor(v[1]))
+      error_at(l->pos, "on_plateau patience= must be a whole number of epochs, got %g", v[1]);
     p->plateau_patience = have[1] ? (int)v[1] : 10;
     if (!(p->plateau_factor > 0 && p->plateau_factor < 1))
       error_at(l->pos, "on_plateau factor= must be between 0 and 1, got %g", p->plateau_factor);

@@ -90,7 +90,7 @@ static bool takes(const char *cmd, const char *flag) {
     return is(flag, "--cpu");
   if (is(cmd, "build"))
     return is(flag, "-o") || is(flag, "--emit") || is(flag, "--target") || is(flag, "--batch") ||
-           is(flag, "--cpu");
+           is(flag, "--cpu") || is(flag, "--Werror");
   if (is(cmd, "predict"))
     return is(flag, "--weights") || is(flag, "--out") || is(flag, "--batch") ||
            is(flag, "--threads");

@@ -8,6 +8,7 @@
 
 #include "keelrt.h"
 
+#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -313,7 +314,8 @@ static bool ends_with(const char *s, const char *suffix) {
 
 int krt_predict(const KrtProgram *p, KrtStepFn *eval_step, const char *weights,
                 const char *input, const char *out_path, int threads) {
-  (void)threads;
+  if (threads > 0)
+    openblas_set_num_threads(threads);
   // the input: IDX images (any file that is not .csv), or CSV features
   KrtSet set;
   if (ends_with(input, ".csv")) {

@@ -10,11 +10,15 @@
 #   aot        each script trains through the JIT and through a `keel build` trainer: the same
 #              weights byte for byte; predict matches the run's accuracy; cross objects
 #   errors     tests/errors/NAME.nn must fail `keel check` with exit status 1 and print
-#              exactly tests/errors/NAME.err on stderr
-#   end to end the examples train through the JIT and reach their accuracy; the same seed
-#              gives byte-identical weights; the emit commands show each stage
+#              exactly tests/errors/NAME.err on stderr (also under AddressSanitizer/UBSan)
+#   lints      tests/lints/NAME.nn: the warnings of `keel check` (or of a short run) exactly
+#   explain    tests/explain/NAME.nn and examples/fashion_mlp.nn: `keel explain` exactly
+#   e2e        the examples train through the JIT and reach their accuracy (the CNN briefly);
+#              the same seed gives byte-identical weights; the guard stops a diverging run;
+#              early stopping restores the best epoch; the emit commands show each stage
 #
-# Run from the repository root after `make`. `tests/run.sh errors` runs one group.
+# Run from the repository root after `make`. `tests/run.sh errors` runs one group (unit,
+# parity, schedules, aot, errors, lints, explain, e2e).
 set -u
 cd "$(dirname "$0")/.."
 KEEL=${KEEL:-./build/keel}
