@@ -26,8 +26,9 @@ STDLIB   = $(wildcard stdlib/*.nn)
 
 all: build/keel build/libkeelrt.a
 
-deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+# $(call install_missing,PACKAGES): apt-get install those not installed yet; nothing if none
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -35,6 +36,10 @@ deps:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(DEB_PKGS))
 
 build/rt build/cc build/test:
 	@mkdir -p $@
@@ -116,3 +121,19 @@ clean:
 
 .PHONY: all deps run test tests asan clean
 .SECONDARY:
+
+# --- benchmark: Keel against PyTorch on the same models and data (bench/, docs/performance.md) --
+#
+#   make bench-deps  install what the benchmark needs and is missing: Debian's PyTorch, the
+#                    OpenMP build of OpenBLAS (PyTorch's sane 2-thread setup), GNU time
+#   make bench       build, then bench/run.sh: about 6-8 minutes; prints one table
+
+BENCH_PKGS = python3-torch libopenblas0-pthread libopenblas0-openmp time
+
+bench-deps:
+	$(call install_missing,$(BENCH_PKGS))
+
+bench: all bench-deps
+	@bash bench/run.sh
+
+.PHONY: bench bench-deps
