@@ -234,21 +234,68 @@ static LLVMValueRef bcast_offset(Cg *cg, Shape in, Shape out, LLVMValueRef *idx)
   return off;
 }
 
+// e^x in float, without a libm call so that loops using it vectorize: x = k·ln 2 + r with
+// |r| ≤ ln 2 / 2, e^r by Cephes' degree-6 polynomial (within 2 ulp), 2^k from the exponent
+// bits. x is clamped to [-87.3, 88.7] (beyond, e^x is 0 or inf in float anyway; the guard
+// sees an inf loss either way).
+static LLVMValueRef poly(Cg *cg, LLVMValueRef x, const double *c, int n) {
+  LLVMValueRef y = cf32(cg, c[0]);
+  for (int i = 1; i < n; i++)
+    y = LLVMBuildFAdd(cg->b, LLVMBuildFMul(cg->b, y, x, ""), cf32(cg, c[i]), "");
+  return y;
+}
+
+static LLVMValueRef fast_exp(Cg *cg, LLVMValueRef x) {
+  LLVMBuilderRef B = cg->b;
+  static const double p[] = {1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                             4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1};
+  LLVMValueRef nan = LLVMBuildFCmp(B, LLVMRealUNO, x, x, "");
+  x = intrinsic2(cg, "llvm.minnum", intrinsic2(cg, "llvm.maxnum", x, cf32(cg, -87.3365447504)),
+                 cf32(cg, 88.7228391117));
+  LLVMValueRef k = intrinsic1(cg, "llvm.floor",
+                              LLVMBuildFAdd(B, LLVMBuildFMul(B, x, cf32(cg, 1.44269504088896341), ""),
+                                            cf32(cg, 0.5), ""));
+  LLVMValueRef r = LLVMBuildFSub(B, x, LLVMBuildFMul(B, k, cf32(cg, 0.693359375), ""), "");
+  r = LLVMBuildFSub(B, r, LLVMBuildFMul(B, k, cf32(cg, -2.12194440e-4), ""), "");
+  LLVMValueRef z = LLVMBuildFMul(B, r, r, "");
+  LLVMValueRef y = LLVMBuildFAdd(B, LLVMBuildFAdd(B, LLVMBuildFMul(B, poly(cg, r, p, 6), z, ""), r, ""),
+                                 cf32(cg, 1), "");
+  // 2^k: k + 127 in the exponent bits (k is in [-126, 128] after the clamp; 2^128 = inf)
+  LLVMValueRef bits = LLVMBuildShl(B, LLVMBuildAdd(B, LLVMBuildFPToSI(B, k, cg->i32, ""),
+                                                   LLVMConstInt(cg->i32, 127, 0), ""),
+                                   LLVMConstInt(cg->i32, 23, 0), "");
+  LLVMValueRef two_k = LLVMBuildBitCast(B, bits, cg->f32, "");
+  y = LLVMBuildFMul(B, y, two_k, "");
+  return LLVMBuildSelect(B, nan, x, y, "");  // NaN stays NaN
+}
+
+// tanh(x): Cephes' odd polynomial for |x| < 0.625, 1 - 2/(e^{2|x|} + 1) with x's sign above.
+static LLVMValueRef fast_tanh(Cg *cg, LLVMValueRef x) {
+  LLVMBuilderRef B = cg->b;
+  static const double p[] = {-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
+                             1.33314422036e-1, -3.33332819422e-1};
+  LLVMValueRef ax = intrinsic1(cg, "llvm.fabs", x), z = LLVMBuildFMul(B, x, x, "");
+  LLVMValueRef small = LLVMBuildFAdd(B, LLVMBuildFMul(B, LLVMBuildFMul(B, poly(cg, z, p, 5), z, ""), x, ""),
+                                     x, "");
+  LLVMValueRef e = fast_exp(cg, LLVMBuildFMul(B, ax, cf32(cg, 2), ""));
+  LLVMValueRef big = LLVMBuildFSub(B, cf32(cg, 1),
+                                   LLVMBuildFDiv(B, cf32(cg, 2), LLVMBuildFAdd(B, e, cf32(cg, 1), ""), ""), "");
+  big = intrinsic2(cg, "llvm.copysign", big, x);
+  return LLVMBuildSelect(B, LLVMBuildFCmp(B, LLVMRealOLT, ax, cf32(cg, 0.625), ""), small, big, "");
+}
+
 static LLVMValueRef elementwise(Cg *cg, Op op, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c,
                                 int barg, Fn *fn) {
   LLVMBuilderRef B = cg->b;
   LLVMValueRef t;
   switch (op) {
   case OP_NEG: return LLVMBuildFNeg(B, a, "");
-  case OP_EXP: return intrinsic1(cg, "llvm.exp", a);
+  case OP_EXP: return fast_exp(cg, a);
   case OP_LOG: return intrinsic1(cg, "llvm.log", a);
   case OP_SQRT: return intrinsic1(cg, "llvm.sqrt", a);
-  case OP_TANH: {
-    LLVMTypeRef f = cg->f32;
-    return call(cg, "tanhf", cg->f32, &f, 1, &a);
-  }
+  case OP_TANH: return fast_tanh(cg, a);
   case OP_SIGMOID:
-    t = intrinsic1(cg, "llvm.exp", LLVMBuildFNeg(B, a, ""));
+    t = fast_exp(cg, LLVMBuildFNeg(B, a, ""));
     return LLVMBuildFDiv(B, cf32(cg, 1), LLVMBuildFAdd(B, cf32(cg, 1), t, ""), "");
   case OP_ABS: return intrinsic1(cg, "llvm.fabs", a);
   case OP_SIN: return intrinsic1(cg, "llvm.sin", a);
@@ -374,7 +421,7 @@ static void reduce_rows(Cg *cg, Op op, LLVMValueRef src, LLVMValueRef dst, LLVMV
     r = LLVMBuildSelect(B, LLVMBuildFCmp(B, LLVMRealUGT, x, acc, ""), x, acc, "");
   } else {
     if (lse_pass)
-      x = intrinsic1(cg, "llvm.exp", LLVMBuildFSub(B, x, m, ""));
+      x = fast_exp(cg, LLVMBuildFSub(B, x, m, ""));
     r = LLVMBuildFAdd(B, acc, x, "");
     LLVMSetFastMathFlags(r, LLVMFastMathAllowReassoc);
   }
@@ -430,7 +477,7 @@ static void gen_reduce_from(Cg *cg, int i, LLVMValueRef dst, int producer) {
         li.iv, "");
     LLVMValueRef x = load_at(cg, src, ai), cur = load_at(cg, acc, oi), r;
     if (pass)
-      r = LLVMBuildFAdd(B, cur, intrinsic1(cg, "llvm.exp", LLVMBuildFSub(B, x, load_at(cg, dst, oi), "")), "");
+      r = LLVMBuildFAdd(B, cur, fast_exp(cg, LLVMBuildFSub(B, x, load_at(cg, dst, oi), "")), "");
     else if (is_max)
       r = LLVMBuildSelect(B, LLVMBuildFCmp(B, LLVMRealUGT, x, cur, ""), x, cur, "");
     else

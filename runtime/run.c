@@ -846,6 +846,15 @@ static double recent_median(const KrtRun *r) {
   return m % 2 ? v[m / 2] : 0.5 * ((double)v[m / 2 - 1] + (double)v[m / 2]);
 }
 
+// Whether the median of the recent losses can be below t: not when more than half of them
+// are at least t. This count spares the sort of recent_median on almost every step.
+static bool may_spike(const KrtRun *r, double t) {
+  int m = r->good_steps < RECENT ? (int)r->good_steps : RECENT, below = 0;
+  for (int i = 0; i < m; i++)
+    below += r->recent[i] < t;
+  return 2 * below >= m;
+}
+
 // The first probe, in order, holding a non-finite value (n: the rows of this batch).
 static const char *first_nonfinite(const KrtRun *r, int64_t n) {
   for (int i = 0; i < r->cfg.nprobes; i++) {
@@ -867,7 +876,8 @@ int krt_guard(KrtRun *r, float loss, float grad_sq, int64_t n) {
     snprintf(reason, sizeof reason, "the loss was infinite");
   else if (!isfinite(grad_sq))
     snprintf(reason, sizeof reason, "a gradient was not finite");
-  else if (r->cfg.spike_factor > 0 && r->good_steps >= SPIKE_MIN_STEPS) {
+  else if (r->cfg.spike_factor > 0 && r->good_steps >= SPIKE_MIN_STEPS &&
+           may_spike(r, loss / r->cfg.spike_factor)) {
     double median = recent_median(r);  // a median of 0 (a perfect fit) flags nothing
     if (median > 0 && loss > r->cfg.spike_factor * median)
       snprintf(reason, sizeof reason, "the loss spiked to %.4g, more than %g× the recent median %.4g",
