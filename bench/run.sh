@@ -46,7 +46,7 @@ TIME=/usr/bin/time
 
 # epochs/steps per run; each row's runs take about the same time on both sides
 MLP_EPOCHS=1          # Keel and PyTorch: one epoch (60,000 samples) per run
-TINY_KEEL_EPOCHS=100  # 4,000 points per epoch: 100 Keel epochs take ≈ 0.25 s of training,
+TINY_KEEL_EPOCHS=500  # 4,000 points per epoch: 500 Keel epochs take 0.2-1 s of training,
 TINY_TORCH_EPOCHS=3   # 3 PyTorch epochs ≈ 0.2 s
 CNN_KEEL_STEPS=25     # the CNN is measured per step: 25 steps (3,200 samples) per Keel run,
 CNN_TORCH_STEPS=10    # PyTorch 1 untimed + 3 timed chunks of 10 steps

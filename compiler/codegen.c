@@ -401,7 +401,7 @@ static LLVMValueRef produce(Cg *cg, int p, LLVMValueRef idx) {
 }
 
 static void reduce_rows(Cg *cg, Op op, LLVMValueRef src, LLVMValueRef dst, LLVMValueRef outer,
-                        LLVMValueRef len, bool lse_pass, int producer) {
+                        LLVMValueRef len, bool lse_pass, int producer, LLVMValueRef first_row) {
   LLVMBuilderRef B = cg->b;
   bool is_max = (op == OP_RMAX || op == OP_LSE) && !lse_pass;
   Loop lo = loop_begin(cg, outer);
@@ -414,7 +414,8 @@ static void reduce_rows(Cg *cg, Op op, LLVMValueRef src, LLVMValueRef dst, LLVMV
   LLVMValueRef acc = LLVMBuildPhi(B, cg->f32, "acc");
   LLVMAddIncoming(acc, &init, &pre, 1);
   LLVMPositionBuilderAtEnd(B, body);
-  LLVMValueRef at = LLVMBuildAdd(B, LLVMBuildMul(B, lo.iv, len, ""), ll.iv, "");
+  LLVMValueRef at = LLVMBuildAdd(B, LLVMBuildMul(B, LLVMBuildAdd(B, lo.iv, first_row, ""), len, ""),
+                                 ll.iv, "");
   LLVMValueRef x = producer >= 0 ? produce(cg, producer, at) : load_at(cg, src, at);
   LLVMValueRef r;
   if (is_max) {
@@ -453,9 +454,9 @@ static void gen_reduce_from(Cg *cg, int i, LLVMValueRef dst, int producer) {
   Shape as = fn->ins[ins->arg[0]].shape;
   reduce_dims(cg, as, ins->axis, &outer, &len, &inner);
   if (contiguous_reduce(fn, i)) {  // contiguous: accumulate in registers
-    reduce_rows(cg, ins->op, src, dst, outer, len, false, producer);
+    reduce_rows(cg, ins->op, src, dst, outer, len, false, producer, ci64(cg, 0));
     if (ins->op == OP_LSE)
-      reduce_rows(cg, ins->op, src, dst, outer, len, true, producer);
+      reduce_rows(cg, ins->op, src, dst, outer, len, true, producer, ci64(cg, 0));
     return;
   }
   LLVMValueRef cnt = numel(cg, ins->shape);
@@ -525,6 +526,20 @@ static void gen_matmul(Cg *cg, int i, LLVMValueRef dst) {
   call(cg, "cblas_sgemm", cg->vd, pt, 14, args);
 }
 
+// A float on the stack, allocated in the entry block (where mem2reg turns it into registers,
+// and where a loop does not grow the stack).
+static LLVMValueRef entry_alloca(Cg *cg) {
+  LLVMBasicBlockRef here = LLVMGetInsertBlock(cg->b), entry = LLVMGetEntryBasicBlock(cg->fn);
+  LLVMValueRef first = LLVMGetFirstInstruction(entry);
+  if (first)
+    LLVMPositionBuilderBefore(cg->b, first);
+  else
+    LLVMPositionBuilderAtEnd(cg->b, entry);
+  LLVMValueRef a = LLVMBuildAlloca(cg->b, cg->f32, "");
+  LLVMPositionBuilderAtEnd(cg->b, here);
+  return a;
+}
+
 static void gen_ins(Cg *cg, int i) {
   Fn *fn = cg->ir;
   Ins *ins = &fn->ins[i];
@@ -569,6 +584,31 @@ static void gen_ins(Cg *cg, int i) {
   case OP_SUMTO: {
     Shape as = fn->ins[ins->arg[0]].shape;
     fill(cg, dst, numel(cg, ins->shape), cf32(cg, 0));
+    // Trailing dimensions that are summed away (a bias or batchnorm gradient per channel:
+    // [n, c, h, w] → [c, 1, 1]) are contiguous: sum each block in a register, then add it.
+    int k = 0, off = as.rank - ins->shape.rank;
+    while (k < as.rank && as.dim[as.rank - 1 - k] != 1 &&
+           (as.rank - 1 - k - off < 0 || ins->shape.dim[as.rank - 1 - k - off] == 1))
+      k++;
+    if (k > 0) {
+      Shape outer = {.rank = as.rank - k}, block = {.rank = k};
+      for (int d = 0; d < as.rank; d++)
+        d < as.rank - k ? (outer.dim[d] = as.dim[d]) : (block.dim[d - outer.rank] = as.dim[d]);
+      Loop loops[MAX_RANK];
+      LLVMValueRef idx[MAX_RANK];
+      for (int d = 0; d < outer.rank; d++)
+        loops[d] = loop_begin(cg, dim_val(cg, outer.dim[d])), idx[d] = loops[d].iv;
+      for (int d = outer.rank; d < as.rank; d++)
+        idx[d] = ci64(cg, 0);
+      LLVMValueRef len = numel(cg, block), acc = entry_alloca(cg);
+      LLVMValueRef row = outer.rank ? bcast_offset(cg, outer, outer, idx) : ci64(cg, 0);
+      reduce_rows(cg, OP_SUM, cg->buf[ins->arg[0]], acc, ci64(cg, 1), len, false, -1, row);
+      LLVMValueRef oi = bcast_offset(cg, ins->shape, as, idx);
+      store_at(cg, LLVMBuildFAdd(B, load_at(cg, dst, oi), LLVMBuildLoad2(B, cg->f32, acc, ""), ""), dst, oi);
+      for (int d = outer.rank - 1; d >= 0; d--)
+        loop_end(cg, &loops[d]);
+      return;
+    }
     Loop loops[MAX_RANK];
     LLVMValueRef idx[MAX_RANK];
     for (int d = 0; d < as.rank; d++)

@@ -11,6 +11,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 // im2col of one sample x (c, h, w) into col (c·kh·kw, oh·ow).
@@ -94,8 +95,18 @@ void krt_conv2d_dw(const float *x, const float *dy, float *dw, int64_t n, int64_
 // pooling counts the padding as zeros (PyTorch's count_include_pad=True).
 // The index in x of the first maximum of window (r, q) of plane m, or -1 when the window
 // lies wholly in the padding. A NaN wins, so that it propagates as in PyTorch.
-static int64_t window_argmax(const float *x, int64_t m, int64_t r, int64_t q, int64_t h,
-                             int64_t w, int64_t k, int64_t s, int64_t p) {
+static inline int64_t window_argmax(const float *x, int64_t m, int64_t r, int64_t q, int64_t h,
+                                    int64_t w, int64_t k, int64_t s, int64_t p) {
+  if (p == 0) {  // every window lies inside the image: no bounds to check
+    int64_t base = (m * h + r * s) * w + q * s, arg = base;
+    for (int64_t i = 0; i < k; i++)
+      for (int64_t j = 0; j < k; j++) {
+        int64_t e = base + i * w + j;
+        if (x[e] > x[arg] || (isnan(x[e]) && !isnan(x[arg])))
+          arg = e;
+      }
+    return arg;
+  }
   int64_t arg = -1;
   for (int64_t i = 0; i < k; i++)
     for (int64_t j = 0; j < k; j++) {
@@ -109,9 +120,32 @@ static int64_t window_argmax(const float *x, int64_t m, int64_t r, int64_t q, in
   return arg;
 }
 
+// 2×2 windows with stride 2 and no padding, the common case, without the general search:
+// the index of the first maximum of x[e], x[e+1], x[e+w], x[e+w+1] (a NaN wins).
+static inline int64_t argmax4(const float *x, int64_t e, int64_t w) {
+  int64_t c[4] = {e, e + 1, e + w, e + w + 1}, arg = e;
+  for (int i = 1; i < 4; i++)
+    if (x[c[i]] > x[arg] || (x[c[i]] != x[c[i]] && x[arg] == x[arg]))
+      arg = c[i];
+  return arg;
+}
+
 void krt_maxpool(const float *x, float *y, int64_t nc, int64_t h, int64_t w, int64_t k,
                  int64_t s, int64_t p) {
   int64_t oh = out_size(h, k, s, p, 1), ow = out_size(w, k, s, p, 1);
+  if (k == 2 && s == 2 && p == 0) {
+    for (int64_t m = 0; m < nc; m++)
+      for (int64_t r = 0; r < oh; r++) {
+        const float *a = x + (m * h + 2 * r) * w, *b = a + w;
+        float *o = y + (m * oh + r) * ow;
+        for (int64_t q = 0; q < ow; q++) {
+          float u = a[2 * q], v = a[2 * q + 1], t = b[2 * q], z = b[2 * q + 1];
+          float uv = v > u || (v != v && u == u) ? v : u, tz = z > t || (z != z && t == t) ? z : t;
+          o[q] = tz > uv || (tz != tz && uv == uv) ? tz : uv;
+        }
+      }
+    return;
+  }
   for (int64_t m = 0; m < nc; m++)
     for (int64_t r = 0; r < oh; r++)
       for (int64_t q = 0; q < ow; q++) {
@@ -124,10 +158,12 @@ void krt_maxpool_dx(const float *x, const float *dy, float *dx, int64_t nc, int6
                     int64_t w, int64_t k, int64_t s, int64_t p) {
   int64_t oh = out_size(h, k, s, p, 1), ow = out_size(w, k, s, p, 1);
   memset(dx, 0, sizeof(float) * (size_t)(nc * h * w));
+  bool two = k == 2 && s == 2 && p == 0;
   for (int64_t m = 0; m < nc; m++)
     for (int64_t r = 0; r < oh; r++)
       for (int64_t q = 0; q < ow; q++) {
-        int64_t arg = window_argmax(x, m, r, q, h, w, k, s, p);
+        int64_t arg = two ? argmax4(x, (m * h + 2 * r) * w + 2 * q, w)
+                          : window_argmax(x, m, r, q, h, w, k, s, p);
         if (arg >= 0)
           dx[arg] += dy[(m * oh + r) * ow + q];
       }
@@ -140,7 +176,8 @@ void krt_maxpool_gather(const float *x, const float *g, float *y, int64_t nc, in
   for (int64_t m = 0; m < nc; m++)
     for (int64_t r = 0; r < oh; r++)
       for (int64_t q = 0; q < ow; q++) {
-        int64_t arg = window_argmax(x, m, r, q, h, w, k, s, p);
+        int64_t arg = k == 2 && s == 2 && p == 0 ? argmax4(x, (m * h + 2 * r) * w + 2 * q, w)
+                                                 : window_argmax(x, m, r, q, h, w, k, s, p);
         y[(m * oh + r) * ow + q] = arg >= 0 ? g[arg] : 0;
       }
 }
