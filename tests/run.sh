@@ -228,6 +228,16 @@ if [ "$only" = all ] || [ "$only" = aot ]; then
       fail "$nn: report.json differs between the JIT and the trainer"
   done
   ldd "$TMP/xor.trainer" | grep -qi llvm && fail "the trainer links LLVM" || ok
+  # --data swaps a source's file: the same rows in another place train the same weights;
+  # other rows train others
+  cp examples/xor.csv "$TMP/xor-copy.csv"
+  "$TMP/xor.trainer" --data "train=$TMP/xor-copy.csv" --out "$TMP/xor.data" > /dev/null 2>&1
+  cmp -s "$TMP/xor.data/final.safetensors" "$TMP/xor.aot/final.safetensors" && ok ||
+    fail "trainer --data: the same rows elsewhere trained other weights"
+  printf 'a,b,label\n0,0,1\n0,1,0\n1,0,0\n1,1,1\n' > "$TMP/xnor.csv"
+  "$TMP/xor.trainer" --data "train=$TMP/xnor.csv" --out "$TMP/xnor" > /dev/null 2>&1
+  cmp -s "$TMP/xnor/final.safetensors" "$TMP/xor.aot/final.safetensors" &&
+    fail "trainer --data: other rows trained the same weights" || ok
   # a portable trainer (--cpu x86-64-v2) trains to the same bytes as the JIT with that --cpu
   $KEEL build tests/e2e/early_stop.nn -o "$TMP/es-v2" --cpu x86-64-v2 > /dev/null 2>&1
   (cd tests/e2e && "$TMP/es-v2" --out "$TMP/es-v2.aot" > /dev/null 2>&1)
