@@ -25,6 +25,7 @@ KEEL=${KEEL:-./build/keel}
 KEEL_ABS=$(cd "$(dirname "$KEEL")" && pwd)/$(basename "$KEEL")
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
+export KEEL_CACHE_DIR="$TMP/cache"  # the tests' own object cache, not the user's
 passed=0 failed=0
 ok() { passed=$((passed + 1)); }
 fail() { failed=$((failed + 1)); echo "FAIL $*"; }
@@ -378,6 +379,20 @@ if [ "$only" = all ] || [ "$only" = e2e ]; then
              'dense1 +dense +\[n, 128\] +401536' 'total +421834'; do
     grep -Eq "^$row *$" "$TMP/cnncheck" && ok || fail "check examples/fashion_cnn.nn: no row /$row/"
   done
+
+  # the object cache: a second run of an unchanged script loads the first one's object; the
+  # weights are the same with the cache, from it, and without it
+  KEEL_CACHE_DIR="$TMP/oc" $KEEL run examples/xor.nn --out "$TMP/c1" > /dev/null 2>&1
+  KEEL_CACHE_DIR="$TMP/oc" $KEEL run examples/xor.nn --out "$TMP/c2" > /dev/null 2>&1
+  KEEL_CACHE_DIR= $KEEL run examples/xor.nn --out "$TMP/c3" > /dev/null 2>&1
+  [ "$(ls "$TMP/oc" | wc -l)" = 1 ] && ok || fail "object cache: not one cached object after two runs"
+  cmp -s "$TMP/c1/final.safetensors" "$TMP/c2/final.safetensors" &&
+    cmp -s "$TMP/c1/final.safetensors" "$TMP/c3/final.safetensors" && ok ||
+    fail "object cache: the weights differ between a compiled, a cached and an uncached run"
+  # another program (here: other settings in its descriptor) gets its own entry
+  KEEL_CACHE_DIR="$TMP/oc" $KEEL run examples/xor.nn --seed 9 --out "$TMP/c4" > /dev/null 2>&1
+  [ "$(ls "$TMP/oc" | wc -l)" = 2 ] && ! cmp -s "$TMP/c1/final.safetensors" "$TMP/c4/final.safetensors" &&
+    ok || fail "object cache: a run with another seed reused the first program"
 
   # the stages are visible
   $KEEL emit ir examples/xor.nn > "$TMP/ir" 2>&1
