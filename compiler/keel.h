@@ -417,6 +417,7 @@ void explain_program(FILE *out, Prog *p);
 typedef struct { const char *name; const char *src; } StdlibFile;
 extern const StdlibFile stdlib_files[];
 extern const int stdlib_count;
+Node *parse_stdlib(void);  // every stdlib file parsed, as one list of definitions
 
 // ---------------------------------------------------------------------------------------------
 // codegen.c, jit.c — LLVM

@@ -198,17 +198,6 @@ static Args parse_args(int argc, char **argv) {
   return a;
 }
 
-// The script and the stdlib, parsed; the stdlib's definitions follow the script's.
-static Node *parse_stdlib(void) {
-  Node head = {0}, *tail = &head;
-  for (int i = 0; i < stdlib_count; i++) {
-    tail->next = parse_file(stdlib_files[i].name, stdlib_files[i].src);
-    while (tail->next)
-      tail = tail->next;
-  }
-  return head.next;
-}
-
 static void lint_fail(int warnings, bool werror) {
   if (warnings && werror)
     fatal("%d warning%s treated as error%s (--Werror)", warnings, warnings == 1 ? "" : "s",

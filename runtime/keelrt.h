@@ -34,6 +34,8 @@ _Noreturn void krt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2
 void *krt_xmalloc(size_t size);  // zeroed; fails with a message when memory runs out
 double krt_now(void);            // monotonic seconds
 void krt_json_string(FILE *f, const char *s);  // s as a JSON string (null for NULL)
+// A shape as "[256, 784]" ("[]" for a scalar), written into buf; returns buf.
+const char *krt_shape_text(char *buf, size_t size, int rank, const int64_t *dim);
 // Writes path atomically: write(f, ctx) fills a temporary file <path>.tmp.<pid> in the same
 // folder, which is then flushed, fsynced and renamed over path. On any failure the temporary
 // file is removed and krt_fail names path ("<path>: cannot write: <reason>").

@@ -1640,15 +1640,6 @@ static bool run_has(const KrtRun *r, const char *name) {
   return false;
 }
 
-static const char *shape_text(char *buf, size_t size, int rank, const int64_t *dim) {
-  size_t len = (size_t)snprintf(buf, size, "[");
-  for (int i = 0; i < rank && len < size; i++)
-    len += (size_t)snprintf(buf + len, size - len, "%s%lld", i ? ", " : "", (long long)dim[i]);
-  if (len < size)
-    snprintf(buf + len, size - len, "]");
-  return buf;
-}
-
 // Fails unless the checkpoint's tensor c (named name) is F32 of the shape of t. what: "network"
 // or "program"; differ: what another shape means.
 static void check_shape(const char *path, const char *name, const KrtStTensor *c,
@@ -1661,8 +1652,8 @@ static void check_shape(const char *path, const char *name, const KrtStTensor *c
   if (!same) {
     char got[160], want[160];
     krt_fail("%s: the checkpoint's %s is %s but this %s's is %s (%s)", path, name,
-             shape_text(got, sizeof got, c->rank, c->dim), what,
-             shape_text(want, sizeof want, t->rank, t->dim), differ);
+             krt_shape_text(got, sizeof got, c->rank, c->dim), what,
+             krt_shape_text(want, sizeof want, t->rank, t->dim), differ);
   }
 }
 

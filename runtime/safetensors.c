@@ -95,16 +95,6 @@ void krt_st_write(const char *path, const KrtNamedTensor *t, int count, const ch
 // ---------------------------------------------------------------------------------------------
 // reading
 
-// Prints a shape as "[256, 784]" ("[]" for a scalar) into buf.
-static const char *shape_str(char *buf, size_t size, int rank, const int64_t *dim) {
-  size_t len = (size_t)snprintf(buf, size, "[");
-  for (int i = 0; i < rank && len < size; i++)
-    len += (size_t)snprintf(buf + len, size - len, "%s%lld", i ? ", " : "", (long long)dim[i]);
-  if (len < size)
-    snprintf(buf + len, size - len, "]");
-  return buf;
-}
-
 static size_t dtype_size(const char *dtype) {
   static const struct {
     const char *name;
@@ -173,7 +163,7 @@ static StEntry check_entry(const char *path, const cJSON *e, int64_t data_size) 
                 bytes != s.end - s.begin)) {
     char buf[160];
     krt_fail("%s: bad header: tensor %s has shape %s of %s but %lld bytes of data", path, name,
-             shape_str(buf, sizeof buf, s.rank, s.dim), s.dtype, (long long)(s.end - s.begin));
+             krt_shape_text(buf, sizeof buf, s.rank, s.dim), s.dtype, (long long)(s.end - s.begin));
   }
   return s;
 }
@@ -238,8 +228,8 @@ void krt_st_read(const char *path, KrtNamedTensor *t, int count) {
     if (!same) {
       char got[160], want[160];
       krt_fail("%s: tensor %s has shape %s, the model expects %s", path, t[i].name,
-               shape_str(got, sizeof got, s.rank, s.dim),
-               shape_str(want, sizeof want, t[i].rank, t[i].dim));
+               krt_shape_text(got, sizeof got, s.rank, s.dim),
+               krt_shape_text(want, sizeof want, t[i].rank, t[i].dim));
     }
     memcpy(t[i].data, p.data + s.begin, (size_t)(s.end - s.begin));
   }

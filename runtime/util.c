@@ -42,6 +42,18 @@ double krt_now(void) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Shapes
+
+const char *krt_shape_text(char *buf, size_t size, int rank, const int64_t *dim) {
+  size_t len = (size_t)snprintf(buf, size, "[");
+  for (int i = 0; i < rank && len < size; i++)
+    len += (size_t)snprintf(buf + len, size - len, "%s%lld", i ? ", " : "", (long long)dim[i]);
+  if (len < size)
+    snprintf(buf + len, size - len, "]");
+  return buf;
+}
+
+// ---------------------------------------------------------------------------------------------
 // JSON
 
 void krt_json_string(FILE *f, const char *s) {

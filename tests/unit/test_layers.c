@@ -46,17 +46,6 @@ static const char script[] =
     "  batch     400\n"
     "}\n";
 
-// The stdlib, parsed: every embedded file, in order (as compiler/main.c does).
-static Node *parse_stdlib(void) {
-  Node head = {0}, *tail = &head;
-  for (int i = 0; i < stdlib_count; i++) {
-    tail->next = parse_file(stdlib_files[i].name, stdlib_files[i].src);
-    while (tail->next)
-      tail = tail->next;
-  }
-  return head.next;
-}
-
 // xorshift64*: fixed seed, the test is deterministic
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
 static double urand(void) {
