@@ -32,6 +32,7 @@ typedef struct {
   int *slot;           // slot of each instruction of ir
   LLVMValueRef *buf;   // per instruction: its buffer pointer (or NULL)
   LLVMValueRef *scratch;  // per instruction: its scratch buffer (or NULL)
+  int *scratch_slot;      // per instruction: the slot of its scratch, or -1
   LLVMValueRef *imm;   // per instruction: a constant or a scalar input's value
   LLVMValueRef n, in, seed, run;
   bool guard;          // train_step: call krt_guard before the stores
@@ -80,10 +81,65 @@ static int64_t scratch_size(Fn *fn, Ins *ins, int64_t batch) {
   return w.dim[1] * w.dim[2] * w.dim[3] * oh * ow;
 }
 
-static int *plan_fn(Prog *p, Fn *fn) {
-  int *slot = arena_alloc(sizeof(int) * (size_t)(fn->len + 1));
-  for (int i = 0; i < fn->len; i++) {
+// Memory planning. A value's slot is taken when it is computed and handed back after its
+// last use (a value the runtime reads, and everything a RESHAPE aliases, lives longer); a
+// later value of exactly the same size takes it again. An instruction's own slot is never one
+// of its operands' (they are freed only after it), so no kernel works in place. The three
+// functions never run at once, so eval and the schedule reuse train's slots as well.
+typedef struct {
+  int *slot;
+  int n, cap;
+} FreeSlots;
+
+static int take_slot(Prog *p, FreeSlots *fs, Shape shape) {
+  int fresh = new_slot(p, shape);  // its size, for comparing; given back below if unused
+  for (int k = 0; k < fs->n; k++) {
+    int s = fs->slot[k];
+    if (p->slot_size[s] == p->slot_size[fresh] &&
+        p->slot_size_per_row[s] == p->slot_size_per_row[fresh]) {
+      fs->slot[k] = fs->slot[--fs->n];
+      p->nslots--;  // the fresh one was the last slot: drop it
+      return s;
+    }
+  }
+  return fresh;
+}
+
+static void give_slot(FreeSlots *fs, int s) {
+  if (fs->n == fs->cap) {
+    fs->cap = fs->cap ? 2 * fs->cap : 256;
+    int *n = arena_alloc(sizeof(int) * (size_t)fs->cap);
+    if (fs->n)
+      memcpy(n, fs->slot, sizeof(int) * (size_t)fs->n);
+    fs->slot = n;
+  }
+  fs->slot[fs->n++] = s;
+}
+
+static int *plan_fn(Prog *p, Fn *fn, const bool *keep, FreeSlots *fs, int **scratch_out) {
+  int n = fn->len;
+  int *slot = arena_alloc(sizeof(int) * (size_t)(n + 1));
+  int *scratch = arena_alloc(sizeof(int) * (size_t)(n + 1));
+  int *last = arena_alloc(sizeof(int) * (size_t)(n + 1));
+  bool *owned = arena_alloc(sizeof(bool) * (size_t)(n + 1));
+  // the last use of each value; kept values live to the end; an aliased value as long as
+  // its reshapes
+  for (int i = 0; i < n; i++) {
+    last[i] = keep[i] ? n : i;
+    for (int k = 0; k < op_nargs[fn->ins[i].op]; k++)
+      last[fn->ins[i].arg[k]] = last[fn->ins[i].arg[k]] > i ? last[fn->ins[i].arg[k]] : i;
+  }
+  for (int i = n - 1; i >= 0; i--)
+    if (fn->ins[i].op == OP_RESHAPE && last[i] > last[fn->ins[i].arg[0]])
+      last[fn->ins[i].arg[0]] = last[i];
+  // the values whose slot comes free after instruction i: free_at[i] .. chained by next_free
+  int *free_at = arena_alloc(sizeof(int) * (size_t)(n + 1));
+  int *next_free = arena_alloc(sizeof(int) * (size_t)(n + 1));
+  for (int i = 0; i <= n; i++)
+    free_at[i] = -1;
+  for (int i = 0; i < n; i++) {
     Ins *ins = &fn->ins[i];
+    scratch[i] = -1;
     switch (ins->op) {
     case OP_CONST: slot[i] = -1; break;
     case OP_INPUT:
@@ -93,17 +149,49 @@ static int *plan_fn(Prog *p, Fn *fn) {
     case OP_STORE: slot[i] = ins->tensor; break;
     case OP_RESHAPE: slot[i] = slot[ins->arg[0]]; break;  // same elements, same buffer
     default:
-      // Some ops need scratch, in the slot right after their own: LSE its running sums,
-      // convolutions the im2col matrix of one sample.
-      slot[i] = new_slot(p, ins->shape);
+      // Scalars keep slots of their own: fusion may compute one before the loop it sits in
+      // (hoisting), earlier than its place here, so it must not take a slot freed meanwhile.
+      if (ins->shape.rank == 0) {
+        slot[i] = new_slot(p, ins->shape);
+        break;
+      }
+      slot[i] = take_slot(p, fs, ins->shape);
+      owned[i] = true;
+      // scratch: LSE's running sums, a convolution's im2col matrix (for this kernel only)
       if (ins->op == OP_LSE)
-        new_slot(p, ins->shape);
+        scratch[i] = take_slot(p, fs, ins->shape);
       else if (scratch_size(fn, ins, p->batch) > 0)
-        new_slot(p, flat(scratch_size(fn, ins, p->batch)));
+        scratch[i] = take_slot(p, fs, flat(scratch_size(fn, ins, p->batch)));
+      if (last[i] < n)
+        next_free[i] = free_at[last[i]], free_at[last[i]] = i;
       break;
     }
+    if (scratch[i] >= 0)
+      give_slot(fs, scratch[i]);
+    for (int v = free_at[i]; v >= 0; v = next_free[v])
+      give_slot(fs, slot[v]);
   }
+  // after the function, every slot it owned is free for the next one
+  for (int i = 0; i < n; i++)
+    if (owned[i] && last[i] == n)
+      give_slot(fs, slot[i]);
+  *scratch_out = scratch;
   return slot;
+}
+
+// The values the runtime reads after (or during) a function: they keep their slots.
+static bool *kept(Prog *p, Fn *fn) {
+  bool *keep = arena_alloc(sizeof(bool) * (size_t)(fn->len + 1));
+  if (fn == p->train) {
+    keep[p->train_loss] = keep[p->train_out] = keep[p->train_gsq] = true;
+    for (int k = 0; k < p->nprobes; k++)
+      keep[p->probe_val[k]] = true;
+  } else if (fn == p->eval) {
+    keep[p->eval_loss] = keep[p->eval_out] = true;
+  } else {
+    keep[p->sched_out] = true;
+  }
+  return keep;
 }
 
 void cg_plan_slots(Prog *p) {
@@ -112,9 +200,10 @@ void cg_plan_slots(Prog *p) {
     new_slot(p, p->tensors[t].shape);
   p->x_slot = new_slot(p, p->in_shape);
   p->y_slot = new_slot(p, p->y_shape);
-  p->slot_train = plan_fn(p, p->train);
-  p->slot_eval = plan_fn(p, p->eval);
-  p->slot_sched = plan_fn(p, p->sched);
+  FreeSlots fs = {0};
+  p->slot_train = plan_fn(p, p->train, kept(p, p->train), &fs, &p->scratch_train);
+  p->slot_eval = plan_fn(p, p->eval, kept(p, p->eval), &fs, &p->scratch_eval);
+  p->slot_sched = plan_fn(p, p->sched, kept(p, p->sched), &fs, &p->scratch_sched);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -870,8 +959,8 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
       LLVMValueRef idx = ci64(cg, s);
       cg->buf[i] = LLVMBuildLoad2(B, cg->ptr, LLVMBuildInBoundsGEP2(B, cg->ptr, slots, &idx, 1, ""), "");
     }
-    if (s >= 0 && ins->op != OP_STORE && ins->op != OP_TENSOR && scratch_size(ir, ins, 1) > 0) {
-      LLVMValueRef idx = ci64(cg, s + 1);
+    if (cg->scratch_slot[i] >= 0) {
+      LLVMValueRef idx = ci64(cg, cg->scratch_slot[i]);
       cg->scratch[i] = LLVMBuildLoad2(B, cg->ptr, LLVMBuildInBoundsGEP2(B, cg->ptr, slots, &idx, 1, ""), "");
     }
   }
@@ -948,15 +1037,8 @@ static LLVMValueRef gen_step(Cg *cg, const char *name, Fn *ir, int *slot, bool g
   cg->n = LLVMGetParam(cg->fn, 1), cg->in = LLVMGetParam(cg->fn, 2), cg->seed = LLVMGetParam(cg->fn, 3);
   cg->run = LLVMGetParam(cg->fn, 4), cg->guard = guard;
   cg->profile = guard && cg->p->profile;
-  cg->keep = arena_alloc(sizeof(bool) * (size_t)(ir->len + 1));
-  Prog *p = cg->p;
-  if (ir == p->train) {
-    cg->keep[p->train_loss] = cg->keep[p->train_out] = cg->keep[p->train_gsq] = true;
-    for (int k = 0; k < p->nprobes; k++)
-      cg->keep[p->probe_val[k]] = true;
-  } else {
-    cg->keep[p->eval_loss] = cg->keep[p->eval_out] = true;
-  }
+  cg->keep = kept(cg->p, ir);
+  cg->scratch_slot = ir == cg->p->train ? cg->p->scratch_train : cg->p->scratch_eval;
   gen_body(cg, ir, slot, LLVMGetParam(cg->fn, 0));
   cg->guard = cg->profile = false;
   LLVMBuildRetVoid(cg->b);
@@ -968,8 +1050,8 @@ static LLVMValueRef gen_schedule(Cg *cg, Prog *p) {
   cg->fn = LLVMAddFunction(cg->mod, "schedule", LLVMFunctionType(cg->f32, params, 2, 0));
   LLVMPositionBuilderAtEnd(cg->b, LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "entry"));
   cg->n = ci64(cg, 1), cg->in = LLVMGetParam(cg->fn, 1), cg->seed = ci64(cg, 0);
-  cg->keep = arena_alloc(sizeof(bool) * (size_t)(p->sched->len + 1));
-  cg->keep[p->sched_out] = true;
+  cg->keep = kept(p, p->sched);
+  cg->scratch_slot = p->scratch_sched;
   gen_body(cg, p->sched, p->slot_sched, LLVMGetParam(cg->fn, 0));
   LLVMBuildRet(cg->b, scalar(cg, p->sched_out));
   return cg->fn;

@@ -374,6 +374,7 @@ typedef struct Prog {
   int64_t *slot_size_per_row;  // floats per sample, or 0 for a slot of fixed size
   int x_slot, y_slot;
   int *slot_train, *slot_eval, *slot_sched;  // per instruction, -1 = none (a constant)
+  int *scratch_train, *scratch_eval, *scratch_sched;  // its scratch slot (LSE, conv), or -1
   // layers, for keel check
   LayerInfo *layers;
   int nlayers;
