@@ -86,7 +86,7 @@ echo "$CPU, family $FAM model $MODEL, $(nproc) cores; load average at start: $(c
 
 # which Keel this is: the commit, and the files changed since (bench/ and the docs aside)
 REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=$(git status --porcelain 2>/dev/null | grep -v -e ' bench/' -e ' docs/' -e ' README.md' -e ' Makefile' | awk '{print $2}' | paste -sd' ')
+DIRTY=$( (git status --porcelain 2>/dev/null || true) | { grep -v -e ' bench/' -e ' docs/' -e ' README.md' -e ' Makefile' || true; } | awk '{print $2}' | paste -sd' ')
 echo "keel: commit $REV${DIRTY:+, with uncommitted changes in: $DIRTY}; binary built $(date -r "$KEEL" '+%F %T')"
 printf '{"commit": "%s", "dirty": "%s", "built": "%s"}\n' "$REV" "$DIRTY" "$(date -r "$KEEL" '+%F %T')" > "$OUT/keel.json"
 
