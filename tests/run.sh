@@ -258,6 +258,15 @@ if [ "$only" = all ] || [ "$only" = aot ]; then
   want=$(json "$TMP/fashion_mlp.aot/report.json" test_accuracy)
   awk -v a="$acc" -v b="$want" 'BEGIN { exit !(a == b + 0) }' && ok ||
     fail "predict: accuracy $acc, the run's test_accuracy $want"
+  # CSV input: with or without the label column, one row per sample, XOR's four classes right
+  "$TMP/xor.trainer" predict --weights "$TMP/xor.aot/final.safetensors" examples/xor.csv \
+    --out "$TMP/xor-pred.csv" > /dev/null 2>&1
+  cut -d, -f1,2 examples/xor.csv > "$TMP/xor-nolabel.csv"
+  "$TMP/xor.trainer" predict --weights "$TMP/xor.aot/final.safetensors" "$TMP/xor-nolabel.csv" \
+    --out "$TMP/xor-pred2.csv" > /dev/null 2>&1
+  [ "$(tail -n +2 "$TMP/xor-pred.csv" | cut -d, -f1 | tr '\n' ' ')" = "0 1 1 0 " ] &&
+    cmp -s "$TMP/xor-pred.csv" "$TMP/xor-pred2.csv" && ok ||
+    fail "predict on CSV: not the XOR classes 0 1 1 0 with and without the label column"
   $KEEL predict examples/fashion_mlp.nn --weights "$TMP/fashion_mlp.aot/final.safetensors" \
     /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --out "$TMP/pred2.csv" > /dev/null 2>&1
   cmp -s "$TMP/pred.csv" "$TMP/pred2.csv" && ok || fail "keel predict and trainer predict differ"
