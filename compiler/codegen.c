@@ -579,7 +579,6 @@ static void gen_reduce_from(Cg *cg, int i, LLVMValueRef dst, int producer) {
   }
   if (ins->op == OP_LSE || ins->op == OP_MEAN) {
     LLVMValueRef lenf = LLVMBuildSIToFP(B, len, cg->f32, "");
-    (void)producer;
     Loop l = loop_begin(cg, cnt);
     LLVMValueRef v = load_at(cg, dst, l.iv);
     if (ins->op == OP_MEAN)

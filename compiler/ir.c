@@ -396,9 +396,6 @@ int ir_emit(Fn *fn, Ins ins) {
 
 static Ins mk(Op op, int a, int b, int c) { return (Ins){.op = op, .arg = {a, b, c}}; }
 
-// New instructions take the function's current position and layer (set by lower.c and
-// autodiff.c), so errors and the printed IR point at the source that caused them.
-static int emit_like(Fn *fn, Ins ins) { return ir_emit(fn, ins); }
 
 int ir_const(Fn *fn, double v) {
   // Reuse an earlier equal constant: autodiff asks for 0 and 1 many times.
@@ -412,21 +409,21 @@ int ir_input(Fn *fn, InputKind k, Shape shape) {
   return ir_emit(fn, (Ins){.op = OP_INPUT, .input = k, .shape = shape, .arg = {-1, -1, -1}});
 }
 
-int ir_op1(Fn *fn, Op op, int a) { return emit_like(fn, mk(op, a, -1, -1)); }
-int ir_op2(Fn *fn, Op op, int a, int b) { return emit_like(fn, mk(op, a, b, -1)); }
-int ir_select(Fn *fn, int c, int a, int b) { return emit_like(fn, mk(OP_SELECT, c, a, b)); }
+int ir_op1(Fn *fn, Op op, int a) { return ir_emit(fn, mk(op, a, -1, -1)); }
+int ir_op2(Fn *fn, Op op, int a, int b) { return ir_emit(fn, mk(op, a, b, -1)); }
+int ir_select(Fn *fn, int c, int a, int b) { return ir_emit(fn, mk(OP_SELECT, c, a, b)); }
 
 int ir_reduce(Fn *fn, Op op, int a, int axis) {
   Ins ins = mk(op, a, -1, -1);
   ins.axis = axis;
-  return emit_like(fn, ins);
+  return ir_emit(fn, ins);
 }
 
 int ir_expand(Fn *fn, int a, int axis, int64_t size) {
   Ins ins = mk(OP_EXPAND, a, -1, -1);
   ins.axis = axis;
   ins.shape.dim[axis] = size;
-  return emit_like(fn, ins);
+  return ir_emit(fn, ins);
 }
 
 int ir_sumto(Fn *fn, int a, Shape to) {
@@ -434,7 +431,7 @@ int ir_sumto(Fn *fn, int a, Shape to) {
     return a;
   Ins ins = mk(OP_SUMTO, a, -1, -1);
   ins.shape = to;
-  return emit_like(fn, ins);
+  return ir_emit(fn, ins);
 }
 
 // matmul(a, transpose(b)) becomes one matmul with the transpose flag: no copy is made.
@@ -445,7 +442,7 @@ int ir_matmul(Fn *fn, int a, int b, int ta, int tb) {
     b = fn->ins[b].arg[0], tb = !tb;
   Ins ins = mk(OP_MATMUL, a, b, -1);
   ins.ta = ta, ins.tb = tb;
-  return emit_like(fn, ins);
+  return ir_emit(fn, ins);
 }
 
 int64_t conv_out_size(int64_t size, int64_t window, int stride, int pad, int dilation) {
@@ -456,13 +453,13 @@ int64_t conv_out_size(int64_t size, int64_t window, int stride, int pad, int dil
 int ir_conv2d(Fn *fn, int x, int w, int stride, int pad, int dilation) {
   Ins ins = mk(OP_CONV2D, x, w, -1);
   ins.attr[0] = stride, ins.attr[1] = pad, ins.attr[2] = dilation;
-  return emit_like(fn, ins);
+  return ir_emit(fn, ins);
 }
 
 int ir_pool(Fn *fn, Op op, int x, int kernel, int stride, int pad) {
   Ins ins = mk(op, x, -1, -1);
   ins.attr[0] = kernel, ins.attr[1] = stride, ins.attr[2] = pad;
-  return emit_like(fn, ins);
+  return ir_emit(fn, ins);
 }
 
 int ir_reshape(Fn *fn, int a, Shape to) {
@@ -470,7 +467,7 @@ int ir_reshape(Fn *fn, int a, Shape to) {
     return a;
   Ins ins = mk(OP_RESHAPE, a, -1, -1);
   ins.shape = to;
-  return emit_like(fn, ins);
+  return ir_emit(fn, ins);
 }
 
 // Materializes the broadcast of v to shape `to`: size-1 dimensions are reshaped away, then

@@ -23,6 +23,7 @@ set -u
 cd "$(dirname "$0")/.."
 KEEL=${KEEL:-./build/keel}
 KEEL_ABS=$(cd "$(dirname "$KEEL")" && pwd)/$(basename "$KEEL")
+ASAN_KEEL=$PWD/build/asan/keel
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 export KEEL_CACHE_DIR="$TMP/cache"  # the tests' own object cache, not the user's
@@ -58,31 +59,41 @@ if [ "$only" = all ] || [ "$only" = unit ]; then
   done
 fi
 
+# exact NN WANT STREAM STATUS ASAN ARGS...: in NN's folder, `keel ARGS` must exit with STATUS
+# and print exactly the file WANT on STREAM (out or err); with ASAN 1, the same again under
+# AddressSanitizer and UBSan (build/asan/keel, when built), which must report nothing.
+exact() {
+  local nn=$1 want=$2 stream=$3 expect=$4 asan=$5 dir status
+  shift 5
+  dir=$(dirname "$nn")
+  (cd "$dir" && "$KEEL_ABS" "$@") > "$TMP/out" 2> "$TMP/err"
+  status=$?
+  if [ $status != "$expect" ]; then
+    fail "$nn: exit status $status, want $expect"
+    head -n 10 "$TMP/err"
+  elif ! cmp -s "$TMP/$stream" "$want"; then
+    fail "$nn: std$stream differs from $want"
+    diff "$want" "$TMP/$stream" | head -n 10
+  else
+    ok
+  fi
+  if [ "$asan" = 1 ] && [ -x build/asan/keel ]; then
+    (cd "$dir" && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 \
+      "$ASAN_KEEL" "$@") > "$TMP/out" 2> "$TMP/err"
+    status=$?
+    if [ $status = "$expect" ] && cmp -s "$TMP/$stream" "$want"; then ok; else
+      fail "$nn under AddressSanitizer: exit status $status"; head -n 20 "$TMP/err"
+    fi
+  fi
+}
+
 if [ "$only" = all ] || [ "$only" = errors ]; then
+  # tests/errors/NAME.nn: `keel check` exits 1 with exactly NAME.err on stderr
   n=0
   for nn in tests/errors/*.nn; do
     [ -e "$nn" ] || continue
     n=$((n + 1))
-    want=${nn%.nn}.err
-    (cd tests/errors && "$KEEL_ABS" check "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
-    status=$?
-    if [ $status != 1 ]; then
-      fail "$nn: exit status $status, want 1"
-    elif ! cmp -s "$TMP/err" "$want"; then
-      fail "$nn: stderr differs from $want"
-      diff "$want" "$TMP/err" | head -n 10
-    else
-      ok
-    fi
-    # the same under AddressSanitizer and UBSan: the same message, no report
-    if [ -x build/asan/keel ]; then
-      (cd tests/errors && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 \
-        ../../build/asan/keel check "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
-      status=$?
-      if [ $status = 1 ] && cmp -s "$TMP/err" "$want"; then ok; else
-        fail "$nn under AddressSanitizer: exit status $status"; head -n 20 "$TMP/err"
-      fi
-    fi
+    exact "$nn" "${nn%.nn}.err" err 1 1 check "$(basename "$nn")"
   done
   echo "tests/errors: $n scripts"
 fi
@@ -94,36 +105,16 @@ if [ "$only" = all ] || [ "$only" = lints ]; then
   # schedule lints need the number of steps, known once the data is loaded, and the script's
   # own tiny data and length are what they measure (--steps would change that length), so
   # such a script trains for real, in well under a second. run_clean.nn has every rail in
-  # place and no lint: its .out is empty.
+  # place and no lint: its .out is empty. The compile-time ones also run under ASan/UBSan.
   n=0
   for nn in tests/lints/*.nn; do
     [ -e "$nn" ] || continue
     n=$((n + 1))
     name=$(basename "$nn")
-    want=${nn%.nn}.out
     case $name in
-      run_*) (cd tests/lints && "$KEEL_ABS" run "$name" --out "$TMP/lint-${name%.nn}") ;;
-      *) (cd tests/lints && "$KEEL_ABS" check "$name") ;;
-    esac > "$TMP/out" 2> "$TMP/err"
-    status=$?
-    if [ $status != 0 ]; then
-      fail "$nn: exit status $status, want 0"
-      head -n 10 "$TMP/err"
-    elif ! cmp -s "$TMP/err" "$want"; then
-      fail "$nn: stderr differs from $want"
-      diff "$want" "$TMP/err" | head -n 10
-    else
-      ok
-    fi
-    # the compile-time lints under AddressSanitizer and UBSan: the same warnings, no report
-    if [ -x build/asan/keel ] && [ "${name#run_}" = "$name" ]; then
-      (cd tests/lints && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 \
-        ../../build/asan/keel check "$name") > "$TMP/out" 2> "$TMP/err"
-      status=$?
-      if [ $status = 0 ] && cmp -s "$TMP/err" "$want"; then ok; else
-        fail "$nn under AddressSanitizer: exit status $status"; head -n 20 "$TMP/err"
-      fi
-    fi
+      run_*) exact "$nn" "${nn%.nn}.out" err 0 0 run "$name" --out "$TMP/lint-${name%.nn}" ;;
+      *) exact "$nn" "${nn%.nn}.out" err 0 1 check "$name" ;;
+    esac
   done
   echo "tests/lints: $n scripts"
 fi
@@ -135,26 +126,7 @@ if [ "$only" = all ] || [ "$only" = explain ]; then
   for nn in tests/explain/*.nn; do
     [ -e "$nn" ] || continue
     n=$((n + 1))
-    want=${nn%.nn}.out
-    (cd tests/explain && "$KEEL_ABS" explain "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
-    status=$?
-    if [ $status != 0 ]; then
-      fail "$nn: exit status $status, want 0"
-      head -n 10 "$TMP/err"
-    elif ! cmp -s "$TMP/out" "$want"; then
-      fail "$nn: stdout differs from $want"
-      diff "$want" "$TMP/out" | head -n 10
-    else
-      ok
-    fi
-    if [ -x build/asan/keel ]; then
-      (cd tests/explain && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 \
-        ../../build/asan/keel explain "$(basename "$nn")") > "$TMP/out" 2> "$TMP/err"
-      status=$?
-      if [ $status = 0 ] && cmp -s "$TMP/out" "$want"; then ok; else
-        fail "$nn under AddressSanitizer: exit status $status"; head -n 20 "$TMP/err"
-      fi
-    fi
+    exact "$nn" "${nn%.nn}.out" out 0 1 explain "$(basename "$nn")"
   done
   # the main example's explanation is part of what users read first
   "$KEEL" explain examples/fashion_mlp.nn > "$TMP/out" 2>&1
