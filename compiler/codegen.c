@@ -13,7 +13,8 @@
 // allocation while training). in[] holds the run-time scalars, indexed by InputKind. Each
 // instruction becomes a loop nest over its output: elementwise ops whose operands have the
 // output's shape (or are scalars) become one flat loop that LLVM vectorizes; broadcasting
-// uses per-dimension strides. Matrix products call OpenBLAS's cblas_sgemm; random numbers
+// uses per-dimension strides. Matrix products call krt_sgemm (OpenBLAS's cblas_sgemm, in
+// chunks over the runtime's thread pool); random numbers
 // call krt_rand_fill, so the JIT, a built trainer and the interpreter draw the same numbers.
 
 #include "keel.h"
@@ -603,15 +604,13 @@ static void gen_matmul(Cg *cg, int i, LLVMValueRef dst) {
   LLVMValueRef lda = dim_val(cg, as.dim[1]), ldb = dim_val(cg, bs.dim[1]);
   LLVMTypeRef pt[14] = {cg->i32, cg->i32, cg->i32, cg->i32, cg->i32, cg->i32, cg->f32,
                         cg->ptr, cg->i32, cg->ptr, cg->i32, cg->f32, cg->ptr, cg->i32};
-  LLVMValueRef args[14] = {
-      LLVMConstInt(cg->i32, 101, 0),                    // CblasRowMajor
-      LLVMConstInt(cg->i32, ins->ta ? 112 : 111, 0),    // CblasTrans / CblasNoTrans
-      LLVMConstInt(cg->i32, ins->tb ? 112 : 111, 0),
+  LLVMValueRef args[13] = {
+      LLVMConstInt(cg->i32, ins->ta, 0), LLVMConstInt(cg->i32, ins->tb, 0),
       I32(M), I32(N), I32(K), cf32(cg, 1),
       cg->buf[ins->arg[0]], I32(lda), cg->buf[ins->arg[1]], I32(ldb), cf32(cg, 0),
       dst, I32(N)};
 #undef I32
-  call(cg, "cblas_sgemm", cg->vd, pt, 14, args);
+  call(cg, "krt_sgemm", cg->vd, pt + 1, 13, args);
 }
 
 // A float on the stack, allocated in the entry block (where mem2reg turns it into registers,
@@ -806,6 +805,114 @@ static bool hoistable(Fn *fn, int j, const int *members, int nm) {
   return true;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Parallel loops. A loop over a tensor large enough to share (the optimizer's update of a
+// weight matrix, an activation at a large batch) is outlined into a kernel
+//   void kernel(i64 *env, i64 lo, i64 hi, i32 chunk)
+// that runs elements lo..hi, and the step calls krt_parallel(kernel, env, count, …), which
+// cuts [0, count) into one chunk per thread at fixed places. Elementwise work gives the same
+// bits however it is cut. env holds the buffers and the scalars the loop reads, one 8-byte
+// cell each, in the step function's frame.
+
+enum { PAR_MIN = 8192 };  // floats per chunk at the least: below, one thread does it all
+
+static LLVMValueRef cell_at(Cg *cg, LLVMValueRef env, int k) {
+  LLVMValueRef idx = ci64(cg, k);
+  return LLVMBuildInBoundsGEP2(cg->b, cg->i64, env, &idx, 1, "");
+}
+
+static bool has_batch(Shape s) {
+  for (int d = 0; d < s.rank; d++)
+    if (s.dim[d] == DIM_N)
+      return true;
+  return false;
+}
+
+typedef struct {
+  LLVMValueRef kernel, env, outer_fn;
+  LLVMBasicBlockRef outer_bb;
+  int *ids, nids;            // instructions whose cg->buf the kernel replaced
+  LLVMValueRef *saved;       // their step-function pointers
+  LLVMValueRef *sc;          // the scalar values (replaced in place) and their originals
+  LLVMValueRef *sc_saved;
+  int nsc;
+} Outline;
+
+static void outline_begin(Cg *cg, Outline *o, int *ids, int nids, LLVMValueRef *sc, int nsc,
+                          LLVMValueRef *lo, LLVMValueRef *hi) {
+  LLVMBuilderRef B = cg->b;
+  int ncells = 0;
+  for (int k = 0; k < nids; k++)
+    ncells += cg->buf[ids[k]] != NULL;
+  for (int k = 0; k < nsc; k++)
+    ncells += sc[k] != NULL;
+  LLVMTypeRef cells = LLVMArrayType2(cg->i64, (uint64_t)(ncells ? ncells : 1));
+  LLVMBasicBlockRef here = LLVMGetInsertBlock(B), entry = LLVMGetEntryBasicBlock(cg->fn);
+  LLVMValueRef first = LLVMGetFirstInstruction(entry);
+  if (first)
+    LLVMPositionBuilderBefore(B, first);
+  else
+    LLVMPositionBuilderAtEnd(B, entry);
+  o->env = LLVMBuildAlloca(B, cells, "env");
+  LLVMPositionBuilderAtEnd(B, here);
+  o->outer_fn = cg->fn, o->outer_bb = here;
+  o->ids = ids, o->nids = nids, o->sc = sc, o->nsc = nsc;
+  o->saved = arena_alloc(sizeof(LLVMValueRef) * (size_t)(nids + 1));
+  o->sc_saved = arena_alloc(sizeof(LLVMValueRef) * (size_t)(nsc + 1));
+  // the step stores the cells ...
+  // one cell per slot: an update in place must load and store through one pointer value, or
+  // the vectorizer's overlap check fails at run time and the scalar loop runs
+  int cell = 0, *cell_of = arena_alloc(sizeof(int) * (size_t)(nids + 1));
+  for (int k = 0; k < nids; k++) {
+    cell_of[k] = -1;
+    if (!(o->saved[k] = cg->buf[ids[k]]))
+      continue;
+    for (int e = 0; e < k && cell_of[k] < 0; e++)
+      if (o->saved[e] && cg->slot[ids[e]] == cg->slot[ids[k]])
+        cell_of[k] = cell_of[e];
+    if (cell_of[k] < 0) {
+      cell_of[k] = cell;
+      LLVMBuildStore(B, o->saved[k], cell_at(cg, o->env, cell++));
+    }
+  }
+  int nptr = cell;
+  for (int k = 0; k < nsc; k++)
+    if ((o->sc_saved[k] = sc[k]))
+      LLVMBuildStore(B, sc[k], cell_at(cg, o->env, cell++));
+  // ... and the kernel loads them
+  LLVMTypeRef params[4] = {cg->ptr, cg->i64, cg->i64, cg->i32};
+  o->kernel = LLVMAddFunction(cg->mod, "kernel", LLVMFunctionType(cg->vd, params, 4, 0));
+  LLVMSetLinkage(o->kernel, LLVMInternalLinkage);
+  cg->fn = o->kernel;
+  LLVMPositionBuilderAtEnd(B, LLVMAppendBasicBlockInContext(cg->ctx, o->kernel, "entry"));
+  LLVMValueRef env = LLVMGetParam(o->kernel, 0);
+  LLVMValueRef *ptrs = arena_alloc(sizeof(LLVMValueRef) * (size_t)(nptr + 1));
+  for (int c = 0; c < nptr; c++)
+    ptrs[c] = LLVMBuildLoad2(B, cg->ptr, cell_at(cg, env, c), "");
+  cell = nptr;
+  for (int k = 0; k < nids; k++)
+    if (o->saved[k])
+      cg->buf[ids[k]] = ptrs[cell_of[k]];
+  for (int k = 0; k < nsc; k++)
+    if (o->sc_saved[k])
+      sc[k] = LLVMBuildLoad2(B, cg->f32, cell_at(cg, env, cell++), "");
+  *lo = LLVMGetParam(o->kernel, 1), *hi = LLVMGetParam(o->kernel, 2);
+}
+
+static void outline_end(Cg *cg, Outline *o, LLVMValueRef count) {
+  LLVMBuildRetVoid(cg->b);
+  for (int k = 0; k < o->nids; k++)
+    if (o->saved[k])
+      cg->buf[o->ids[k]] = o->saved[k];
+  for (int k = 0; k < o->nsc; k++)
+    o->sc[k] = o->sc_saved[k];
+  cg->fn = o->outer_fn;
+  LLVMPositionBuilderAtEnd(cg->b, o->outer_bb);
+  LLVMTypeRef pt[5] = {cg->ptr, cg->ptr, cg->i64, cg->i64, cg->i64};
+  LLVMValueRef args[5] = {o->kernel, o->env, count, ci64(cg, 16), ci64(cg, PAR_MIN)};
+  call(cg, "krt_parallel", cg->vd, pt, 5, args);
+}
+
 // The fused loop over members[0..nm) (in order); `end` is the first instruction after the run.
 static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *last_use) {
   Fn *fn = cg->ir;
@@ -825,7 +932,22 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
       if (!MEMBER(a) && is_scalar_val(cg, a))
         sc[3 * k + q] = scalar(cg, a);
     }
-  Loop l = loop_begin(cg, numel(cg, fn->ins[from].shape));
+  Shape shape = fn->ins[from].shape;
+  LLVMValueRef count = numel(cg, shape), lo = ci64(cg, 0), hi = count;
+  Outline o = {0};
+  if (has_batch(shape) || shape_numel(shape, 1) >= 2 * PAR_MIN) {
+    // the buffers it reads and writes, and the scalars, pass to the kernel
+    int *ids = arena_alloc(sizeof(int) * (size_t)(3 * nm + nm));
+    int nids = 0;
+    for (int k = 0; k < nm; k++) {
+      ids[nids++] = members[k];
+      for (int q = 0; q < op_nargs[fn->ins[members[k]].op]; q++)
+        if (!MEMBER(fn->ins[members[k]].arg[q]))
+          ids[nids++] = fn->ins[members[k]].arg[q];
+    }
+    outline_begin(cg, &o, ids, nids, sc, 3 * nm, &lo, &hi);
+  }
+  Loop l = loop_from(cg, lo, hi);
   for (int k = 0; k < nm; k++) {
     int m = members[k];
     Ins *ins = &fn->ins[m];
@@ -840,6 +962,8 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
       store_at(cg, val[k], cg->buf[m], l.iv);
   }
   loop_end(cg, &l);
+  if (o.kernel)
+    outline_end(cg, &o, count);
 #undef MEMBER
 }
 

@@ -430,6 +430,23 @@ int krt_trainer_main(const char *json, KrtMainFn *main_fn, KrtStepFn *eval_step,
                      char **argv);
 
 // ---------------------------------------------------------------------------------------------
+// threads.c — the one thread pool (--threads T: T - 1 workers and the caller; OpenBLAS kept
+// single-threaded). krt_parallel runs fn over [0, n) cut into T chunks at fixed places
+// (multiples of align; one chunk when n < 2·min_chunk), chunk t with t as its last argument,
+// and returns when all are done. The same T gives the same bits.
+
+typedef void KrtTask(void *ctx, int64_t lo, int64_t hi, int t);
+void krt_threads_start(int threads);
+int krt_threads(void);
+void krt_parallel(KrtTask *fn, void *ctx, int64_t n, int64_t align, int64_t min_chunk);
+// Scratch of at least `floats` floats for chunk t ≥ 1 (kept and grown: no allocation once
+// the first step has run).
+float *krt_scratch(int t, int64_t floats);
+// [generated] cblas_sgemm (row-major) split over the pool by rows or columns of C.
+void krt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+               const float *b, int ldb, float beta, float *c, int ldc);
+
+// ---------------------------------------------------------------------------------------------
 // conv.c — [generated] image kernels, NCHW. A convolution of x (n, c, h, w) with weights
 // (o, c, kh, kw), stride s, padding p, dilation d gives (n, o, oh, ow) with
 // oh = (h + 2p - d(kh - 1) - 1) / s + 1; col is scratch of c·kh·kw·oh·ow floats.

@@ -27,7 +27,6 @@
 
 #include "keelrt.h"
 
-#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -365,7 +364,7 @@ KrtRun *krt_run_new(const KrtConfig *cfg) {
   if (cfg->batch <= 0)
     krt_fail("the batch size must be positive, not %lld", (long long)cfg->batch);
   if (cfg->threads > 0)
-    openblas_set_num_threads(cfg->threads);
+    krt_threads_start(cfg->threads);
 
   char *dir = dir_of(cfg->script);
   if (cfg->train_kind == 0)

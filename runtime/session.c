@@ -8,7 +8,6 @@
 
 #include "keelrt.h"
 
-#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -315,7 +314,7 @@ static bool ends_with(const char *s, const char *suffix) {
 int krt_predict(const KrtProgram *p, KrtStepFn *eval_step, const char *weights,
                 const char *input, const char *out_path, int threads) {
   if (threads > 0)
-    openblas_set_num_threads(threads);
+    krt_threads_start(threads);
   // the input: IDX images (any file that is not .csv), or CSV features
   KrtSet set;
   if (ends_with(input, ".csv")) {

@@ -2167,6 +2167,66 @@ static void test_resume_refused(void) {
         "no temporary files");
 }
 
+// The thread pool: every element of [0, n) in exactly one chunk, the chunks where they are
+// for the same n and thread count, and krt_sgemm in pieces equal to one product.
+static int hits[1000];
+static int64_t chunk_lo[8];
+static void mark(void *ctx, int64_t lo, int64_t hi, int t) {
+  (void)ctx;
+  for (int64_t i = lo; i < hi; i++)
+    __atomic_add_fetch(&hits[i], 1, __ATOMIC_RELAXED);
+  chunk_lo[t] = lo;
+}
+
+static void test_threads(void) {
+  krt_threads_start(3);
+  CHECK(krt_threads() == 3, "threads %d", krt_threads());
+  int64_t ns[] = {0, 1, 15, 16, 17, 100, 999, 1000};
+  for (size_t k = 0; k < sizeof ns / sizeof *ns; k++)
+    for (int align = 1; align <= 16; align *= 4) {
+      memset(hits, 0, sizeof hits);
+      krt_parallel(mark, NULL, ns[k], align, 1);
+      bool once = true;
+      for (int64_t i = 0; i < 1000; i++)
+        once &= hits[i] == (i < ns[k]);
+      CHECK(once, "n %lld, align %d: an element is not in exactly one chunk", (long long)ns[k], align);
+    }
+  memset(chunk_lo, -1, sizeof chunk_lo);
+  krt_parallel(mark, NULL, 1000, 16, 1);
+  CHECK(chunk_lo[0] == 0 && chunk_lo[1] == 336 && chunk_lo[2] == 672,
+        "chunks start at %lld, %lld, %lld", (long long)chunk_lo[0], (long long)chunk_lo[1],
+        (long long)chunk_lo[2]);
+  memset(hits, 0, sizeof hits);
+  krt_parallel(mark, NULL, 1000, 16, 600);  // too small to share
+  CHECK(hits[0] == 1 && hits[999] == 1 && chunk_lo[0] == 0, "one chunk below 2 · min_chunk");
+  // C = op(A) op(B) for each transpose, split by rows (m ≥ n) and by columns (m < n)
+  enum { M = 70, N = 90, K = 80 };
+  static float a[M * K], b[K * N], c[M * N], want[M * N];
+  for (int i = 0; i < M * K; i++)
+    a[i] = (float)((i * 37) % 17) / 8 - 1;
+  for (int i = 0; i < K * N; i++)
+    b[i] = (float)((i * 11) % 13) / 6 - 1;
+  for (int ta = 0; ta < 2; ta++)
+    for (int tb = 0; tb < 2; tb++)
+      for (int wide = 0; wide < 2; wide++) {
+        int m = wide ? M / 2 : M, n = N, lda = ta ? m : K, ldb = tb ? K : n;
+        if (!wide)
+          n = M / 2;  // m > n: rows
+        for (int i = 0; i < m; i++)
+          for (int j = 0; j < n; j++) {
+            double sum = 0;
+            for (int p = 0; p < K; p++)
+              sum += (double)a[ta ? p * lda + i : i * lda + p] * b[tb ? j * ldb + p : p * ldb + j];
+            want[i * n + j] = (float)sum;
+          }
+        krt_sgemm(ta, tb, m, n, K, 1, a, lda, b, ldb, 0, c, n);
+        double worst = 0;
+        for (int i = 0; i < m * n; i++)
+          worst = fmax(worst, fabs(c[i] - want[i]));
+        CHECK(worst < 1e-4, "sgemm ta %d tb %d %dx%d: off by %g", ta, tb, m, n, worst);
+      }
+}
+
 int main(void) {
   snprintf(tmp, sizeof tmp, "/tmp/keel_test_runtime.XXXXXX");
   if (!mkdtemp(tmp)) {
@@ -2190,6 +2250,7 @@ int main(void) {
   test_regression_report();
   test_resume();
   test_resume_refused();
+  test_threads();
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
   if (system(cmd) != 0)

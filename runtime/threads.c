@@ -1,0 +1,182 @@
+// threads.c — the runtime's one thread pool, shared by the matrix products, the convolutions,
+// the pooling kernels and the generated elementwise loops.
+//
+// `--threads T` starts T - 1 workers; the calling thread is the T-th. OpenBLAS is kept
+// single-threaded: each chunk of a matrix product is one single-threaded sgemm on its own
+// rows or columns, so exactly one pool ever runs, and no OpenBLAS worker spins on a core that
+// one of ours needs (the trap of perf-anchors.md: two pools on two cores).
+//
+// Determinism. krt_parallel cuts [0, n) into T chunks at fixed places (they depend only on n,
+// T and the alignment), and chunk t is always computed by the same code on the same data,
+// whichever thread runs it. Nothing is ever summed across chunks in an order that depends on
+// timing: a kernel that reduces (a weight gradient over the samples) keeps one partial result
+// per chunk and adds them in chunk order. The same T therefore gives the same bits.
+//
+// Waking is a generation counter: a worker spins on it briefly after each job (the kernels of
+// one training step follow each other within microseconds), then sleeps on a futex.
+
+#include "keelrt.h"
+
+#include <cblas.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <sys/syscall.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+enum { MAX_THREADS = 64, SPIN = 1 << 15 };
+
+static struct {
+  int threads;                 // T, counting the caller
+  KrtTask *fn;                 // the job
+  void *ctx;
+  int64_t n, align;
+  _Atomic uint32_t generation; // bumped once per job
+  _Atomic int next;            // the next chunk to claim
+  _Atomic int done;            // chunks finished
+  _Atomic int sleeping;        // workers in futex_wait
+} pool = {.threads = 1};
+
+static void futex(_Atomic uint32_t *addr, int op, uint32_t val) {
+  syscall(SYS_futex, (uint32_t *)addr, op | FUTEX_PRIVATE_FLAG, val, NULL, NULL, 0);
+}
+
+// The bounds of chunk t of T over [0, n): equal shares, cut at multiples of align.
+static void chunk(int64_t n, int64_t align, int t, int T, int64_t *lo, int64_t *hi) {
+  int64_t blocks = (n + align - 1) / align;
+  *lo = blocks * t / T * align;
+  *hi = blocks * (t + 1) / T * align;
+  if (*lo > n)
+    *lo = n;
+  if (*hi > n)
+    *hi = n;
+}
+
+// Claims chunks of the current job until none is left. Whoever is free takes the next one, so
+// a worker that the system has not scheduled holds nothing up; what a chunk computes does not
+// depend on who runs it.
+static void run_chunks(void) {
+  int c;
+  while ((c = atomic_fetch_add_explicit(&pool.next, 1, memory_order_acq_rel)) < pool.threads) {
+    int64_t lo, hi;
+    chunk(pool.n, pool.align, c, pool.threads, &lo, &hi);
+    if (lo < hi)
+      pool.fn(pool.ctx, lo, hi, c);
+    atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
+  }
+}
+
+static void *worker(void *arg) {
+  (void)arg;
+  uint32_t seen = 0;
+  for (;;) {
+    uint32_t g;
+    int spins = 0;
+    while ((g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen) {
+      if (++spins < SPIN) {
+        __builtin_ia32_pause();
+        continue;
+      }
+      atomic_fetch_add(&pool.sleeping, 1);
+      if (atomic_load(&pool.generation) == seen)
+        futex(&pool.generation, FUTEX_WAIT, seen);
+      atomic_fetch_sub(&pool.sleeping, 1);
+      spins = 0;
+    }
+    seen = g;
+    run_chunks();
+  }
+  return NULL;
+}
+
+void krt_threads_start(int threads) {
+  openblas_set_num_threads(1);
+  if (threads > MAX_THREADS)
+    threads = MAX_THREADS;
+  if (threads <= pool.threads)
+    return;
+  for (int t = pool.threads; t < threads; t++) {
+    pthread_t id;
+    if (pthread_create(&id, NULL, worker, (void *)(intptr_t)t) != 0)
+      krt_fail("cannot start thread %d of %d", t + 1, threads);
+    pthread_detach(id);
+  }
+  pool.threads = threads;
+}
+
+int krt_threads(void) { return pool.threads; }
+
+void krt_parallel(KrtTask *fn, void *ctx, int64_t n, int64_t align, int64_t min_chunk) {
+  int T = pool.threads;
+  if (align < 1)
+    align = 1;
+  if (T == 1 || n < 2 * min_chunk || n < 2 * align) {
+    fn(ctx, 0, n, 0);
+    return;
+  }
+  pool.fn = fn, pool.ctx = ctx, pool.n = n, pool.align = align;
+  atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
+  atomic_store_explicit(&pool.next, 0, memory_order_release);  // after the fields above
+  atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+  if (atomic_load(&pool.sleeping))
+    futex(&pool.generation, FUTEX_WAKE, MAX_THREADS);
+  run_chunks();
+  // a chunk still running belongs to a worker; yield now and then in case it waits for this
+  // very core (a machine busy with other work)
+  for (int spins = 0; atomic_load_explicit(&pool.done, memory_order_acquire) < T; spins++)
+    if (spins % 1024 == 1023)
+      sched_yield();
+    else
+      __builtin_ia32_pause();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix products: C (m × n) = op(A) · op(B), row-major, split over the longer side of C so
+// that each chunk is an independent single-threaded sgemm (no sums across chunks).
+
+typedef struct {
+  bool ta, tb, rows;
+  int m, n, k, lda, ldb, ldc;
+  float alpha, beta;
+  const float *a, *b;
+  float *c;
+} Gemm;
+
+static void gemm_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
+  const Gemm *g = ctx;
+  int len = (int)(hi - lo);
+  enum CBLAS_TRANSPOSE ta = g->ta ? CblasTrans : CblasNoTrans, tb = g->tb ? CblasTrans : CblasNoTrans;
+  if (g->rows)  // rows lo..hi of C: rows of op(A)
+    cblas_sgemm(CblasRowMajor, ta, tb, len, g->n, g->k, g->alpha, g->a + (g->ta ? lo : lo * g->lda),
+                g->lda, g->b, g->ldb, g->beta, g->c + lo * g->ldc, g->ldc);
+  else  // columns lo..hi of C: columns of op(B)
+    cblas_sgemm(CblasRowMajor, ta, tb, g->m, len, g->k, g->alpha, g->a, g->lda,
+                g->b + (g->tb ? lo * g->ldb : lo), g->ldb, g->beta, g->c + lo, g->ldc);
+}
+
+void krt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+               const float *b, int ldb, float beta, float *c, int ldc) {
+  Gemm g = {ta != 0, tb != 0, m >= n, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
+  // below about 2·10⁵ multiply-adds a second thread costs more than it saves
+  int64_t work = (int64_t)m * n * k;
+  krt_parallel(gemm_chunk, &g, g.rows ? m : n, 16, work < 200000 ? (int64_t)1 << 40 : 16);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-chunk scratch (chunk 0 uses the buffer the compiler planned for the kernel).
+
+static struct {
+  float *p;
+  int64_t floats;
+} scratch[MAX_THREADS];
+
+float *krt_scratch(int t, int64_t floats) {
+  if (scratch[t].floats < floats) {
+    free(scratch[t].p);
+    scratch[t].p = krt_xmalloc((size_t)floats * sizeof(float));
+    scratch[t].floats = floats;
+  }
+  return scratch[t].p;
+}
