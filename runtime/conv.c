@@ -4,8 +4,10 @@
 // column of `col` (c·kh·kw rows, oh·ow columns, zeros where the window hangs over the
 // padding), and one cblas_sgemm multiplies the weight (o × c·kh·kw) by it. The input gradient
 // runs the same in reverse (Wᵀ · dy, then col2im adds the columns back), the weight
-// gradient accumulates dy · colᵀ over the samples. Samples go one after another, so results
-// do not depend on timing. Pooling is a direct loop over windows.
+// gradient accumulates dy · colᵀ over the samples. The samples are shared among the threads
+// of the pool (threads.c) in fixed chunks, each with its own im2col buffer; the weight
+// gradient keeps one partial sum per chunk and adds them in chunk order, so results do not
+// depend on timing. Pooling is a direct loop over windows, its planes shared the same way.
 
 #include "keelrt.h"
 
@@ -55,39 +57,95 @@ static int64_t out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d
   return (size + 2 * p - d * (k - 1) - 1) / s + 1;
 }
 
+// The arguments of a convolution kernel, for the chunks of the pool.
+typedef struct {
+  const float *x, *wt, *dy;
+  float *y, *dx, *dw, *col;
+  int64_t c, h, w, o, kh, kw, s, p, d, oh, ow, ckk;
+  bool ran[KRT_MAX_THREADS];  // conv2d_dw: the chunks that wrote a partial sum
+} Conv;
+
+static Conv conv_args(int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw,
+                      int64_t s, int64_t p, int64_t d, float *col) {
+  int64_t oh = out_size(h, kh, s, p, d), ow = out_size(w, kw, s, p, d);
+  return (Conv){.c = c, .h = h, .w = w, .o = o, .kh = kh, .kw = kw, .s = s, .p = p, .d = d,
+                .oh = oh, .ow = ow, .ckk = c * kh * kw, .col = col};
+}
+
+// Chunk 0 uses the buffer the compiler planned; the others their own.
+static float *col_of(const Conv *a, int t, int64_t extra) {
+  return t == 0 ? a->col : krt_scratch(t, a->ckk * a->oh * a->ow + extra);
+}
+
+static void conv_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
+  const Conv *a = ctx;
+  float *col = col_of(a, t, 0);
+  int64_t ohw = a->oh * a->ow;
+  for (int64_t i = lo; i < hi; i++) {
+    im2col(a->x + i * a->c * a->h * a->w, col, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p, a->d,
+           a->oh, a->ow);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)a->o, (int)ohw, (int)a->ckk, 1,
+                a->wt, (int)a->ckk, col, (int)ohw, 0, a->y + i * a->o * ohw, (int)ohw);
+  }
+}
+
 void krt_conv2d(const float *x, const float *wt, float *y, int64_t n, int64_t c, int64_t h,
                 int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s, int64_t p, int64_t d,
                 float *col) {
-  int64_t oh = out_size(h, kh, s, p, d), ow = out_size(w, kw, s, p, d), ckk = c * kh * kw;
-  for (int64_t i = 0; i < n; i++) {
-    im2col(x + i * c * h * w, col, c, h, w, kh, kw, s, p, d, oh, ow);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)o, (int)(oh * ow), (int)ckk, 1,
-                wt, (int)ckk, col, (int)(oh * ow), 0, y + i * o * oh * ow, (int)(oh * ow));
+  Conv a = conv_args(c, h, w, o, kh, kw, s, p, d, col);
+  a.x = x, a.wt = wt, a.y = y;
+  krt_parallel(conv_chunk, &a, n, 1, 1);
+}
+
+static void conv_dx_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
+  const Conv *a = ctx;
+  float *col = col_of(a, t, 0);
+  int64_t ohw = a->oh * a->ow, chw = a->c * a->h * a->w;
+  memset(a->dx + lo * chw, 0, sizeof(float) * (size_t)((hi - lo) * chw));
+  for (int64_t i = lo; i < hi; i++) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)a->ckk, (int)ohw, (int)a->o, 1,
+                a->wt, (int)a->ckk, a->dy + i * a->o * ohw, (int)ohw, 0, col, (int)ohw);
+    col2im(col, a->dx + i * chw, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p, a->d, a->oh, a->ow);
   }
 }
 
 void krt_conv2d_dx(const float *dy, const float *wt, float *dx, int64_t n, int64_t c,
                    int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s,
                    int64_t p, int64_t d, float *col) {
-  int64_t oh = out_size(h, kh, s, p, d), ow = out_size(w, kw, s, p, d), ckk = c * kh * kw;
-  memset(dx, 0, sizeof(float) * (size_t)(n * c * h * w));
-  for (int64_t i = 0; i < n; i++) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)ckk, (int)(oh * ow), (int)o, 1,
-                wt, (int)ckk, dy + i * o * oh * ow, (int)(oh * ow), 0, col, (int)(oh * ow));
-    col2im(col, dx + i * c * h * w, c, h, w, kh, kw, s, p, d, oh, ow);
+  Conv a = conv_args(c, h, w, o, kh, kw, s, p, d, col);
+  a.dy = dy, a.wt = wt, a.dx = dx;
+  krt_parallel(conv_dx_chunk, &a, n, 1, 1);
+}
+
+// Chunk t sums its samples' dy · colᵀ into dw (t = 0) or into a partial sum after its
+// im2col buffer (t > 0).
+static void conv_dw_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
+  Conv *a = ctx;
+  int64_t ohw = a->oh * a->ow, size = a->o * a->ckk;
+  float *col = col_of(a, t, size), *dw = t == 0 ? a->dw : col + a->ckk * ohw;
+  memset(dw, 0, sizeof(float) * (size_t)size);
+  for (int64_t i = lo; i < hi; i++) {
+    im2col(a->x + i * a->c * a->h * a->w, col, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p, a->d,
+           a->oh, a->ow);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)a->o, (int)a->ckk, (int)ohw, 1,
+                a->dy + i * a->o * ohw, (int)ohw, col, (int)ohw, 1, dw, (int)a->ckk);
   }
+  a->ran[t] = true;
 }
 
 void krt_conv2d_dw(const float *x, const float *dy, float *dw, int64_t n, int64_t c,
                    int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s,
                    int64_t p, int64_t d, float *col) {
-  int64_t oh = out_size(h, kh, s, p, d), ow = out_size(w, kw, s, p, d), ckk = c * kh * kw;
-  memset(dw, 0, sizeof(float) * (size_t)(o * ckk));
-  for (int64_t i = 0; i < n; i++) {
-    im2col(x + i * c * h * w, col, c, h, w, kh, kw, s, p, d, oh, ow);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)o, (int)ckk, (int)(oh * ow), 1,
-                dy + i * o * oh * ow, (int)(oh * ow), col, (int)(oh * ow), 1, dw, (int)ckk);
-  }
+  Conv a = conv_args(c, h, w, o, kh, kw, s, p, d, col);
+  a.x = x, a.dy = dy, a.dw = dw;
+  memset(dw, 0, sizeof(float) * (size_t)(o * a.ckk));  // n = 0 runs no chunk
+  krt_parallel(conv_dw_chunk, &a, n, 1, 1);
+  for (int t = 1; t < KRT_MAX_THREADS; t++)  // the partial sums, in chunk order
+    if (a.ran[t]) {
+      const float *part = krt_scratch(t, 0) + a.ckk * a.oh * a.ow;
+      for (int64_t e = 0; e < o * a.ckk; e++)
+        dw[e] += part[e];
+    }
 }
 
 // Pooling over k × k windows with stride s and padding p. Max pooling treats the padding as
@@ -120,66 +178,156 @@ static inline int64_t window_argmax(const float *x, int64_t m, int64_t r, int64_
   return arg;
 }
 
-// 2×2 windows with stride 2 and no padding, the common case, without the general search:
-// the index of the first maximum of x[e], x[e+1], x[e+w], x[e+w+1] (a NaN wins).
-static inline int64_t argmax4(const float *x, int64_t e, int64_t w) {
-  int64_t c[4] = {e, e + 1, e + w, e + w + 1}, arg = e;
-  for (int i = 1; i < 4; i++)
-    if (x[c[i]] > x[arg] || (x[c[i]] != x[c[i]] && x[arg] == x[arg]))
-      arg = c[i];
-  return arg;
+// 2×2 windows with stride 2 and no padding, the common case, without the general search and
+// without unpredictable branches (on real data every comparison is a coin toss for the branch
+// predictor): the window u v / t z's maximum by `a > b ? a : b` (one maxss each), and its first
+// position as arithmetic on comparisons. A NaN (rare: the branch is predicted) takes the
+// general rule: the first NaN wins.
+static inline float max2(float a, float b) { return b > a ? b : a; }
+
+// one[k] = 1 for the first maximum k of u v t z, 0 for the others; returns the maximum.
+static inline float argmax4(float u, float v, float t, float z, int one[4]) {
+  if (__builtin_expect((u != u) | (v != v) | (t != t) | (z != z), 0)) {
+    int first = u != u ? 0 : v != v ? 1 : t != t ? 2 : 3;
+    for (int k = 0; k < 4; k++)
+      one[k] = k == first;
+    return (float[]){u, v, t, z}[first];
+  }
+  float m = max2(max2(u, v), max2(t, z));
+  one[0] = u == m;
+  one[1] = (v == m) & !one[0];
+  one[2] = (t == m) & !(one[0] | one[1]);
+  one[3] = !(one[0] | one[1] | one[2]);
+  return m;
+}
+
+// The bits of g where on is 1, of +0 where it is 0 (masks: no branch, and no 0 · inf).
+static inline uint32_t keep_bits(float g, int on) {
+  uint32_t bits;
+  memcpy(&bits, &g, sizeof bits);
+  return bits & -(uint32_t)on;
+}
+
+static inline float keep(float g, int on) {
+  uint32_t bits = keep_bits(g, on);
+  memcpy(&g, &bits, sizeof g);
+  return g;
+}
+
+static bool two_by_two(int64_t k, int64_t s, int64_t p) { return k == 2 && s == 2 && p == 0; }
+
+// The arguments of a pooling kernel; the pool shares out the planes.
+typedef struct {
+  const float *x, *g;
+  float *y;
+  int64_t h, w, k, s, p, oh, ow;
+} Pool;
+
+static Pool pool_args(const float *x, const float *g, float *y, int64_t h, int64_t w, int64_t k,
+                      int64_t s, int64_t p) {
+  return (Pool){x, g, y, h, w, k, s, p, out_size(h, k, s, p, 1), out_size(w, k, s, p, 1)};
+}
+
+// Shares planes among the threads, at least about 16k input floats per chunk.
+static void pool_planes(KrtTask *fn, Pool *a, int64_t nc) {
+  int64_t plane = a->h * a->w;
+  krt_parallel(fn, a, nc, 1, plane >= 16384 ? 1 : 16384 / plane);
+}
+
+static void maxpool_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
+  const Pool *a = ctx;
+  int64_t h = a->h, w = a->w, oh = a->oh, ow = a->ow;
+  for (int64_t m = lo; m < hi; m++)
+    for (int64_t r = 0; r < oh; r++) {
+      float *o = a->y + (m * oh + r) * ow;
+      if (two_by_two(a->k, a->s, a->p)) {
+        const float *u = a->x + (m * h + 2 * r) * w, *b = u + w;
+        for (int64_t q = 0; q < ow; q++) {
+          int one[4];
+          o[q] = argmax4(u[2 * q], u[2 * q + 1], b[2 * q], b[2 * q + 1], one);
+        }
+        continue;
+      }
+      for (int64_t q = 0; q < ow; q++) {
+        int64_t arg = window_argmax(a->x, m, r, q, h, w, a->k, a->s, a->p);
+        o[q] = arg >= 0 ? a->x[arg] : -INFINITY;
+      }
+    }
 }
 
 void krt_maxpool(const float *x, float *y, int64_t nc, int64_t h, int64_t w, int64_t k,
                  int64_t s, int64_t p) {
-  int64_t oh = out_size(h, k, s, p, 1), ow = out_size(w, k, s, p, 1);
-  if (k == 2 && s == 2 && p == 0) {
-    for (int64_t m = 0; m < nc; m++)
-      for (int64_t r = 0; r < oh; r++) {
-        const float *a = x + (m * h + 2 * r) * w, *b = a + w;
-        float *o = y + (m * oh + r) * ow;
+  Pool a = pool_args(x, NULL, y, h, w, k, s, p);
+  pool_planes(maxpool_chunk, &a, nc);
+}
+
+// dx (here a.y) gets each window's gradient (a.g) at its first maximum, zeros elsewhere.
+static void maxpool_dx_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
+  const Pool *a = ctx;
+  int64_t h = a->h, w = a->w, oh = a->oh, ow = a->ow;
+  float *dx = a->y;
+  bool two = two_by_two(a->k, a->s, a->p);
+  if (!two || h % 2 || w % 2)  // rows or columns no window covers, or windows that overlap
+    memset(dx + lo * h * w, 0, sizeof(float) * (size_t)((hi - lo) * h * w));
+  for (int64_t m = lo; m < hi; m++)
+    for (int64_t r = 0; r < oh; r++) {
+      const float *g = a->g + (m * oh + r) * ow;
+      if (two) {  // disjoint windows: each of the four entries written once
+        const float *u = a->x + (m * h + 2 * r) * w, *b = u + w;
+        float *du = dx + (m * h + 2 * r) * w, *db = du + w;
         for (int64_t q = 0; q < ow; q++) {
-          float u = a[2 * q], v = a[2 * q + 1], t = b[2 * q], z = b[2 * q + 1];
-          float uv = v > u || (v != v && u == u) ? v : u, tz = z > t || (z != z && t == t) ? z : t;
-          o[q] = tz > uv || (tz != tz && uv == uv) ? tz : uv;
+          int one[4];
+          argmax4(u[2 * q], u[2 * q + 1], b[2 * q], b[2 * q + 1], one);
+          du[2 * q] = keep(g[q], one[0]), du[2 * q + 1] = keep(g[q], one[1]);
+          db[2 * q] = keep(g[q], one[2]), db[2 * q + 1] = keep(g[q], one[3]);
         }
+        continue;
       }
-    return;
-  }
-  for (int64_t m = 0; m < nc; m++)
-    for (int64_t r = 0; r < oh; r++)
       for (int64_t q = 0; q < ow; q++) {
-        int64_t arg = window_argmax(x, m, r, q, h, w, k, s, p);
-        y[(m * oh + r) * ow + q] = arg >= 0 ? x[arg] : -INFINITY;
+        int64_t arg = window_argmax(a->x, m, r, q, h, w, a->k, a->s, a->p);
+        if (arg >= 0)
+          dx[arg] += g[q];
       }
+    }
 }
 
 void krt_maxpool_dx(const float *x, const float *dy, float *dx, int64_t nc, int64_t h,
                     int64_t w, int64_t k, int64_t s, int64_t p) {
-  int64_t oh = out_size(h, k, s, p, 1), ow = out_size(w, k, s, p, 1);
-  memset(dx, 0, sizeof(float) * (size_t)(nc * h * w));
-  bool two = k == 2 && s == 2 && p == 0;
-  for (int64_t m = 0; m < nc; m++)
-    for (int64_t r = 0; r < oh; r++)
-      for (int64_t q = 0; q < ow; q++) {
-        int64_t arg = two ? argmax4(x, (m * h + 2 * r) * w + 2 * q, w)
-                          : window_argmax(x, m, r, q, h, w, k, s, p);
-        if (arg >= 0)
-          dx[arg] += dy[(m * oh + r) * ow + q];
-      }
+  Pool a = pool_args(x, dy, dx, h, w, k, s, p);
+  pool_planes(maxpool_dx_chunk, &a, nc);
 }
 
 // g (x's shape) at each window's first maximum of x: the adjoint of krt_maxpool_dx.
+static void maxpool_gather_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
+  const Pool *a = ctx;
+  int64_t h = a->h, w = a->w, oh = a->oh, ow = a->ow;
+  for (int64_t m = lo; m < hi; m++)
+    for (int64_t r = 0; r < oh; r++) {
+      float *o = a->y + (m * oh + r) * ow;
+      if (two_by_two(a->k, a->s, a->p)) {
+        int64_t e = (m * h + 2 * r) * w;
+        const float *u = a->x + e, *b = u + w;
+        for (int64_t q = 0; q < ow; q++) {
+          int one[4];
+          argmax4(u[2 * q], u[2 * q + 1], b[2 * q], b[2 * q + 1], one);
+          const float *at = a->g + e + 2 * q;
+          uint32_t bits = keep_bits(at[0], one[0]) | keep_bits(at[1], one[1]) |
+                          keep_bits(at[w], one[2]) | keep_bits(at[w + 1], one[3]);
+          memcpy(&o[q], &bits, sizeof bits);
+        }
+        continue;
+      }
+      for (int64_t q = 0; q < ow; q++) {
+        int64_t arg = window_argmax(a->x, m, r, q, h, w, a->k, a->s, a->p);
+        o[q] = arg >= 0 ? a->g[arg] : 0;
+      }
+    }
+}
+
 void krt_maxpool_gather(const float *x, const float *g, float *y, int64_t nc, int64_t h,
                         int64_t w, int64_t k, int64_t s, int64_t p) {
-  int64_t oh = out_size(h, k, s, p, 1), ow = out_size(w, k, s, p, 1);
-  for (int64_t m = 0; m < nc; m++)
-    for (int64_t r = 0; r < oh; r++)
-      for (int64_t q = 0; q < ow; q++) {
-        int64_t arg = k == 2 && s == 2 && p == 0 ? argmax4(x, (m * h + 2 * r) * w + 2 * q, w)
-                                                 : window_argmax(x, m, r, q, h, w, k, s, p);
-        y[(m * oh + r) * ow + q] = arg >= 0 ? g[arg] : 0;
-      }
+  Pool a = pool_args(x, g, y, h, w, k, s, p);
+  pool_planes(maxpool_gather_chunk, &a, nc);
 }
 
 void krt_avgpool(const float *x, float *y, int64_t nc, int64_t h, int64_t w, int64_t k,

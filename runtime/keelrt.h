@@ -435,6 +435,7 @@ int krt_trainer_main(const char *json, KrtMainFn *main_fn, KrtStepFn *eval_step,
 // (multiples of align; one chunk when n < 2·min_chunk), chunk t with t as its last argument,
 // and returns when all are done. The same T gives the same bits.
 
+enum { KRT_MAX_THREADS = 64 };
 typedef void KrtTask(void *ctx, int64_t lo, int64_t hi, int t);
 void krt_threads_start(int threads);
 int krt_threads(void);

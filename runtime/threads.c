@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-enum { MAX_THREADS = 64, SPIN = 1 << 15 };
+enum { SPIN = 1 << 15 };
 
 static struct {
   int threads;                 // T, counting the caller
@@ -93,8 +93,8 @@ static void *worker(void *arg) {
 
 void krt_threads_start(int threads) {
   openblas_set_num_threads(1);
-  if (threads > MAX_THREADS)
-    threads = MAX_THREADS;
+  if (threads > KRT_MAX_THREADS)
+    threads = KRT_MAX_THREADS;
   if (threads <= pool.threads)
     return;
   for (int t = pool.threads; t < threads; t++) {
@@ -121,7 +121,7 @@ void krt_parallel(KrtTask *fn, void *ctx, int64_t n, int64_t align, int64_t min_
   atomic_store_explicit(&pool.next, 0, memory_order_release);  // after the fields above
   atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
   if (atomic_load(&pool.sleeping))
-    futex(&pool.generation, FUTEX_WAKE, MAX_THREADS);
+    futex(&pool.generation, FUTEX_WAKE, KRT_MAX_THREADS);
   run_chunks();
   // a chunk still running belongs to a worker; yield now and then in case it waits for this
   // very core (a machine busy with other work)
@@ -170,7 +170,7 @@ void krt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a,
 static struct {
   float *p;
   int64_t floats;
-} scratch[MAX_THREADS];
+} scratch[KRT_MAX_THREADS];
 
 float *krt_scratch(int t, int64_t floats) {
   if (scratch[t].floats < floats) {
