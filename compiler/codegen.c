@@ -418,6 +418,121 @@ static LLVMValueRef elementwise(Cg *cg, Op op, LLVMValueRef a, LLVMValueRef b, L
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Parallel loops. A loop over a tensor large enough to share (the optimizer's update of a
+// weight matrix, an activation at a large batch) is outlined into a kernel
+//   void kernel(i64 *env, i64 lo, i64 hi, i32 chunk)
+// that runs elements lo..hi, and the step calls krt_parallel(kernel, env, count, …), which
+// cuts [0, count) into one chunk per thread at fixed places. Elementwise work gives the same
+// bits however it is cut. env holds the batch size, the buffers and the scalars the loop
+// reads, one 8-byte cell each, in the step function's frame.
+
+enum { PAR_MIN = 8192 };  // floats per chunk at the least: below, one thread does it all
+
+static LLVMValueRef cell_at(Cg *cg, LLVMValueRef env, int k) {
+  LLVMValueRef idx = ci64(cg, k);
+  return LLVMBuildInBoundsGEP2(cg->b, cg->i64, env, &idx, 1, "");
+}
+
+static bool has_batch(Shape s) {
+  for (int d = 0; d < s.rank; d++)
+    if (s.dim[d] == DIM_N)
+      return true;
+  return false;
+}
+
+typedef struct {
+  LLVMValueRef kernel, env, outer_fn, outer_n;
+  LLVMBasicBlockRef outer_bb;
+  int *ids, nids;            // instructions whose cg->buf the kernel replaced
+  LLVMValueRef *saved;       // their step-function pointers
+  LLVMValueRef *sc;          // the scalar values (replaced in place) and their originals
+  LLVMValueRef *sc_saved;
+  int nsc;
+} Outline;
+
+static void outline_begin(Cg *cg, Outline *o, int *ids, int nids, LLVMValueRef *sc, int nsc,
+                          LLVMValueRef *lo, LLVMValueRef *hi) {
+  LLVMBuilderRef B = cg->b;
+  int ncells = 1;  // the batch size n first
+  for (int k = 0; k < nids; k++)
+    ncells += cg->buf[ids[k]] != NULL;
+  for (int k = 0; k < nsc; k++)
+    ncells += sc[k] != NULL;
+  LLVMTypeRef cells = LLVMArrayType2(cg->i64, (uint64_t)(ncells ? ncells : 1));
+  LLVMBasicBlockRef here = LLVMGetInsertBlock(B), entry = LLVMGetEntryBasicBlock(cg->fn);
+  LLVMValueRef first = LLVMGetFirstInstruction(entry);
+  if (first)
+    LLVMPositionBuilderBefore(B, first);
+  else
+    LLVMPositionBuilderAtEnd(B, entry);
+  o->env = LLVMBuildAlloca(B, cells, "env");
+  LLVMPositionBuilderAtEnd(B, here);
+  o->outer_fn = cg->fn, o->outer_bb = here;
+  o->ids = ids, o->nids = nids, o->sc = sc, o->nsc = nsc;
+  o->saved = arena_alloc(sizeof(LLVMValueRef) * (size_t)(nids + 1));
+  o->sc_saved = arena_alloc(sizeof(LLVMValueRef) * (size_t)(nsc + 1));
+  // the step stores the cells ...
+  // one cell per slot: an update in place must load and store through one pointer value, or
+  // the vectorizer's overlap check fails at run time and the scalar loop runs
+  LLVMBuildStore(B, cg->n, cell_at(cg, o->env, 0));
+  int cell = 1, *cell_of = arena_alloc(sizeof(int) * (size_t)(nids + 1));
+  for (int k = 0; k < nids; k++) {
+    cell_of[k] = -1;
+    if (!(o->saved[k] = cg->buf[ids[k]]))
+      continue;
+    for (int e = 0; e < k && cell_of[k] < 0; e++)
+      if (o->saved[e] && cg->slot[ids[e]] == cg->slot[ids[k]])
+        cell_of[k] = cell_of[e];
+    if (cell_of[k] < 0) {
+      cell_of[k] = cell;
+      LLVMBuildStore(B, o->saved[k], cell_at(cg, o->env, cell++));
+    }
+  }
+  int nptr = cell;
+  for (int k = 0; k < nsc; k++)
+    if ((o->sc_saved[k] = sc[k]))
+      LLVMBuildStore(B, sc[k], cell_at(cg, o->env, cell++));
+  // ... and the kernel loads them
+  LLVMTypeRef params[4] = {cg->ptr, cg->i64, cg->i64, cg->i32};
+  o->kernel = LLVMAddFunction(cg->mod, "kernel", LLVMFunctionType(cg->vd, params, 4, 0));
+  LLVMSetLinkage(o->kernel, LLVMInternalLinkage);
+  cg->fn = o->kernel;
+  LLVMPositionBuilderAtEnd(B, LLVMAppendBasicBlockInContext(cg->ctx, o->kernel, "entry"));
+  LLVMValueRef env = LLVMGetParam(o->kernel, 0);
+  o->outer_n = cg->n;
+  cg->n = LLVMBuildLoad2(B, cg->i64, cell_at(cg, env, 0), "n");
+  LLVMValueRef *ptrs = arena_alloc(sizeof(LLVMValueRef) * (size_t)(nptr + 1));
+  for (int c = 1; c < nptr; c++)
+    ptrs[c] = LLVMBuildLoad2(B, cg->ptr, cell_at(cg, env, c), "");
+  cell = nptr;
+  for (int k = 0; k < nids; k++)
+    if (o->saved[k])
+      cg->buf[ids[k]] = ptrs[cell_of[k]];
+  for (int k = 0; k < nsc; k++)
+    if (o->sc_saved[k])
+      sc[k] = LLVMBuildLoad2(B, cg->f32, cell_at(cg, env, cell++), "");
+  *lo = LLVMGetParam(o->kernel, 1), *hi = LLVMGetParam(o->kernel, 2);
+}
+
+// Ends the kernel and calls it over [0, count) in chunks of at least min_chunk, cut at
+// multiples of align.
+static void outline_end(Cg *cg, Outline *o, LLVMValueRef count, int64_t align,
+                        LLVMValueRef min_chunk) {
+  LLVMBuildRetVoid(cg->b);
+  cg->n = o->outer_n;
+  for (int k = 0; k < o->nids; k++)
+    if (o->saved[k])
+      cg->buf[o->ids[k]] = o->saved[k];
+  for (int k = 0; k < o->nsc; k++)
+    o->sc[k] = o->sc_saved[k];
+  cg->fn = o->outer_fn;
+  LLVMPositionBuilderAtEnd(cg->b, o->outer_bb);
+  LLVMTypeRef pt[5] = {cg->ptr, cg->ptr, cg->i64, cg->i64, cg->i64};
+  LLVMValueRef args[5] = {o->kernel, o->env, count, ci64(cg, align), min_chunk};
+  call(cg, "krt_parallel", cg->vd, pt, 5, args);
+}
+
 // An elementwise instruction (or a STORE, which is a broadcast copy).
 static void gen_elementwise(Cg *cg, int i, LLVMValueRef dst) {
   Fn *fn = cg->ir;
@@ -432,21 +547,35 @@ static void gen_elementwise(Cg *cg, int i, LLVMValueRef dst) {
     if (is_scalar_val(cg, ins->arg[k]))
       sc[k] = scalar(cg, ins->arg[k]);
   Op op = ins->op == OP_STORE ? OP_ADD : ins->op;  // a store is x + 0 without the add
+  // large loops run on the pool: flat ones by elements, broadcasting ones by samples
+  Shape sh = ins->shape;
+  Outline o = {0};
+  LLVMValueRef lo = NULL, hi = NULL, count = flat ? numel(cg, sh) : NULL;
+  bool rows = !flat && sh.rank >= 2 && sh.dim[0] == DIM_N;
+  int ids[4] = {i};  // (the kernel's bookkeeping points here until outline_end)
+  if (flat ? has_batch(sh) || shape_numel(sh, 1) >= 2 * PAR_MIN : rows) {
+    for (int k = 0; k < na; k++)
+      ids[k + 1] = ins->arg[k];
+    outline_begin(cg, &o, ids, na + 1, sc, na, &lo, &hi);
+    dst = cg->buf[i];
+  }
   if (flat) {
-    Loop l = loop_begin(cg, numel(cg, ins->shape));
+    Loop l = o.kernel ? loop_from(cg, lo, hi) : loop_begin(cg, count);
     LLVMValueRef v[3] = {0};
     for (int k = 0; k < na; k++)
       v[k] = sc[k] ? sc[k] : load_at(cg, cg->buf[ins->arg[k]], l.iv);
     LLVMValueRef r = ins->op == OP_STORE ? v[0] : elementwise(cg, op, v[0], v[1], v[2], ins->arg[1], fn);
     store_at(cg, r, dst, l.iv);
     loop_end(cg, &l);
+    if (o.kernel)
+      outline_end(cg, &o, count, 16, ci64(cg, PAR_MIN));
     return;
   }
   // a loop per dimension; operands index with their own strides
   Loop loops[MAX_RANK];
   LLVMValueRef idx[MAX_RANK];
   for (int d = 0; d < ins->shape.rank; d++) {
-    loops[d] = loop_begin(cg, dim_val(cg, ins->shape.dim[d]));
+    loops[d] = d == 0 && o.kernel ? loop_from(cg, lo, hi) : loop_begin(cg, dim_val(cg, sh.dim[d]));
     idx[d] = loops[d].iv;
   }
   LLVMValueRef v[3] = {0};
@@ -457,6 +586,10 @@ static void gen_elementwise(Cg *cg, int i, LLVMValueRef dst) {
   store_at(cg, r, dst, bcast_offset(cg, ins->shape, ins->shape, idx));
   for (int d = ins->shape.rank - 1; d >= 0; d--)
     loop_end(cg, &loops[d]);
+  if (o.kernel) {  // at least PAR_MIN floats per chunk
+    int64_t per_sample = shape_numel(sh, 1);
+    outline_end(cg, &o, o.outer_n, 1, ci64(cg, per_sample >= PAR_MIN ? 1 : PAR_MIN / per_sample));
+  }
 }
 
 // outer × len × inner view of a reduction's input, with the axis of length len.
@@ -805,114 +938,6 @@ static bool hoistable(Fn *fn, int j, const int *members, int nm) {
   return true;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Parallel loops. A loop over a tensor large enough to share (the optimizer's update of a
-// weight matrix, an activation at a large batch) is outlined into a kernel
-//   void kernel(i64 *env, i64 lo, i64 hi, i32 chunk)
-// that runs elements lo..hi, and the step calls krt_parallel(kernel, env, count, …), which
-// cuts [0, count) into one chunk per thread at fixed places. Elementwise work gives the same
-// bits however it is cut. env holds the buffers and the scalars the loop reads, one 8-byte
-// cell each, in the step function's frame.
-
-enum { PAR_MIN = 8192 };  // floats per chunk at the least: below, one thread does it all
-
-static LLVMValueRef cell_at(Cg *cg, LLVMValueRef env, int k) {
-  LLVMValueRef idx = ci64(cg, k);
-  return LLVMBuildInBoundsGEP2(cg->b, cg->i64, env, &idx, 1, "");
-}
-
-static bool has_batch(Shape s) {
-  for (int d = 0; d < s.rank; d++)
-    if (s.dim[d] == DIM_N)
-      return true;
-  return false;
-}
-
-typedef struct {
-  LLVMValueRef kernel, env, outer_fn;
-  LLVMBasicBlockRef outer_bb;
-  int *ids, nids;            // instructions whose cg->buf the kernel replaced
-  LLVMValueRef *saved;       // their step-function pointers
-  LLVMValueRef *sc;          // the scalar values (replaced in place) and their originals
-  LLVMValueRef *sc_saved;
-  int nsc;
-} Outline;
-
-static void outline_begin(Cg *cg, Outline *o, int *ids, int nids, LLVMValueRef *sc, int nsc,
-                          LLVMValueRef *lo, LLVMValueRef *hi) {
-  LLVMBuilderRef B = cg->b;
-  int ncells = 0;
-  for (int k = 0; k < nids; k++)
-    ncells += cg->buf[ids[k]] != NULL;
-  for (int k = 0; k < nsc; k++)
-    ncells += sc[k] != NULL;
-  LLVMTypeRef cells = LLVMArrayType2(cg->i64, (uint64_t)(ncells ? ncells : 1));
-  LLVMBasicBlockRef here = LLVMGetInsertBlock(B), entry = LLVMGetEntryBasicBlock(cg->fn);
-  LLVMValueRef first = LLVMGetFirstInstruction(entry);
-  if (first)
-    LLVMPositionBuilderBefore(B, first);
-  else
-    LLVMPositionBuilderAtEnd(B, entry);
-  o->env = LLVMBuildAlloca(B, cells, "env");
-  LLVMPositionBuilderAtEnd(B, here);
-  o->outer_fn = cg->fn, o->outer_bb = here;
-  o->ids = ids, o->nids = nids, o->sc = sc, o->nsc = nsc;
-  o->saved = arena_alloc(sizeof(LLVMValueRef) * (size_t)(nids + 1));
-  o->sc_saved = arena_alloc(sizeof(LLVMValueRef) * (size_t)(nsc + 1));
-  // the step stores the cells ...
-  // one cell per slot: an update in place must load and store through one pointer value, or
-  // the vectorizer's overlap check fails at run time and the scalar loop runs
-  int cell = 0, *cell_of = arena_alloc(sizeof(int) * (size_t)(nids + 1));
-  for (int k = 0; k < nids; k++) {
-    cell_of[k] = -1;
-    if (!(o->saved[k] = cg->buf[ids[k]]))
-      continue;
-    for (int e = 0; e < k && cell_of[k] < 0; e++)
-      if (o->saved[e] && cg->slot[ids[e]] == cg->slot[ids[k]])
-        cell_of[k] = cell_of[e];
-    if (cell_of[k] < 0) {
-      cell_of[k] = cell;
-      LLVMBuildStore(B, o->saved[k], cell_at(cg, o->env, cell++));
-    }
-  }
-  int nptr = cell;
-  for (int k = 0; k < nsc; k++)
-    if ((o->sc_saved[k] = sc[k]))
-      LLVMBuildStore(B, sc[k], cell_at(cg, o->env, cell++));
-  // ... and the kernel loads them
-  LLVMTypeRef params[4] = {cg->ptr, cg->i64, cg->i64, cg->i32};
-  o->kernel = LLVMAddFunction(cg->mod, "kernel", LLVMFunctionType(cg->vd, params, 4, 0));
-  LLVMSetLinkage(o->kernel, LLVMInternalLinkage);
-  cg->fn = o->kernel;
-  LLVMPositionBuilderAtEnd(B, LLVMAppendBasicBlockInContext(cg->ctx, o->kernel, "entry"));
-  LLVMValueRef env = LLVMGetParam(o->kernel, 0);
-  LLVMValueRef *ptrs = arena_alloc(sizeof(LLVMValueRef) * (size_t)(nptr + 1));
-  for (int c = 0; c < nptr; c++)
-    ptrs[c] = LLVMBuildLoad2(B, cg->ptr, cell_at(cg, env, c), "");
-  cell = nptr;
-  for (int k = 0; k < nids; k++)
-    if (o->saved[k])
-      cg->buf[ids[k]] = ptrs[cell_of[k]];
-  for (int k = 0; k < nsc; k++)
-    if (o->sc_saved[k])
-      sc[k] = LLVMBuildLoad2(B, cg->f32, cell_at(cg, env, cell++), "");
-  *lo = LLVMGetParam(o->kernel, 1), *hi = LLVMGetParam(o->kernel, 2);
-}
-
-static void outline_end(Cg *cg, Outline *o, LLVMValueRef count) {
-  LLVMBuildRetVoid(cg->b);
-  for (int k = 0; k < o->nids; k++)
-    if (o->saved[k])
-      cg->buf[o->ids[k]] = o->saved[k];
-  for (int k = 0; k < o->nsc; k++)
-    o->sc[k] = o->sc_saved[k];
-  cg->fn = o->outer_fn;
-  LLVMPositionBuilderAtEnd(cg->b, o->outer_bb);
-  LLVMTypeRef pt[5] = {cg->ptr, cg->ptr, cg->i64, cg->i64, cg->i64};
-  LLVMValueRef args[5] = {o->kernel, o->env, count, ci64(cg, 16), ci64(cg, PAR_MIN)};
-  call(cg, "krt_parallel", cg->vd, pt, 5, args);
-}
-
 // The fused loop over members[0..nm) (in order); `end` is the first instruction after the run.
 static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *last_use) {
   Fn *fn = cg->ir;
@@ -963,7 +988,7 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
   }
   loop_end(cg, &l);
   if (o.kernel)
-    outline_end(cg, &o, count);
+    outline_end(cg, &o, count, 16, ci64(cg, PAR_MIN));
 #undef MEMBER
 }
 

@@ -10,7 +10,7 @@
 
 #include <math.h>
 
-// The mix, inlined into the loops below (krt_rand_fill vectorizes with it).
+// The mix, inlined into the loops below.
 static inline uint64_t mix(uint64_t key, uint64_t counter) {
   uint64_t z = key + (counter + 1) * 0x9E3779B97F4A7C15ull;  // φ·2^64, the golden-ratio step
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -32,10 +32,29 @@ float krt_normal(uint64_t key, uint64_t counter) {
   return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
 }
 
-void krt_rand_fill(float *out, int64_t count, uint64_t seed, uint64_t stream, uint64_t step) {
-  uint64_t key = krt_hash(krt_hash(seed, stream), step);
-  for (int64_t i = 0; i < count; i++)
+// A dropout mask's numbers, on the thread pool: number i depends on i alone. The 64-bit
+// multiplies vectorize only with AVX-512 (vpmullq), so the loop is also compiled for
+// x86-64-v4 and picked at load time where the CPU has it (the same integers either way), and
+// vectorized although the runtime is built with -O2 (3-4x faster on Zen 4).
+typedef struct {
+  float *out;
+  uint64_t key;
+} Fill;
+
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("default", "arch=x86-64-v4"), optimize("tree-vectorize")))
+#endif
+static void fill_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
+  const Fill *f = ctx;
+  float *out = f->out;
+  uint64_t key = f->key;
+  for (int64_t i = lo; i < hi; i++)
     out[i] = (float)(mix(key, (uint64_t)i) >> 40) * (1.0f / 16777216.0f);
+}
+
+void krt_rand_fill(float *out, int64_t count, uint64_t seed, uint64_t stream, uint64_t step) {
+  Fill f = {out, krt_hash(krt_hash(seed, stream), step)};
+  krt_parallel(fill_chunk, &f, count, 16, 8192);
 }
 
 void krt_permutation(int64_t *perm, int64_t n, uint64_t key) {
