@@ -16,19 +16,44 @@
 #include <stdbool.h>
 #include <string.h>
 
-// im2col of one sample x (c, h, w) into col (c·kh·kw, oh·ow).
+// The output columns q whose input column q·s + off lies inside [0, w): [*q0, *q1).
+static void inside(int64_t w, int64_t ow, int64_t s, int64_t off, int64_t *q0, int64_t *q1) {
+  // q·s + off ≥ 0  ⇔  q ≥ ceil(-off / s);   q·s + off < w  ⇔  q < ceil((w - off) / s)
+  int64_t lo = off >= 0 ? 0 : (-off + s - 1) / s, hi = w - off <= 0 ? 0 : (w - off + s - 1) / s;
+  *q0 = lo < ow ? lo : ow;
+  *q1 = hi < ow ? hi : ow;
+  if (*q1 < *q0)
+    *q1 = *q0;
+}
+
+// im2col of one sample x (c, h, w) into col (c·kh·kw, oh·ow). Each row of the output is a
+// run of zeros, a (strided) copy of an input row and zeros: the bounds are worked out once per
+// row, not per element.
 static void im2col(const float *x, float *col, int64_t c, int64_t h, int64_t w, int64_t kh,
                    int64_t kw, int64_t s, int64_t p, int64_t d, int64_t oh, int64_t ow) {
   for (int64_t ci = 0; ci < c; ci++)
     for (int64_t i = 0; i < kh; i++)
       for (int64_t j = 0; j < kw; j++) {
         float *row = col + ((ci * kh + i) * kw + j) * oh * ow;
+        int64_t off = j * d - p, q0, q1;
+        inside(w, ow, s, off, &q0, &q1);
         for (int64_t r = 0; r < oh; r++) {
           int64_t yy = r * s - p + i * d;
-          for (int64_t q = 0; q < ow; q++) {
-            int64_t xx = q * s - p + j * d;
-            row[r * ow + q] = yy >= 0 && yy < h && xx >= 0 && xx < w ? x[(ci * h + yy) * w + xx] : 0;
+          float *o = row + r * ow;
+          if (yy < 0 || yy >= h) {
+            memset(o, 0, sizeof(float) * (size_t)ow);
+            continue;
           }
+          const float *in = x + (ci * h + yy) * w;
+          for (int64_t q = 0; q < q0; q++)  // (a column or two: loops, not library calls)
+            o[q] = 0;
+          if (s == 1)
+            memcpy(o + q0, in + q0 + off, sizeof(float) * (size_t)(q1 - q0));
+          else
+            for (int64_t q = q0; q < q1; q++)
+              o[q] = in[q * s + off];
+          for (int64_t q = q1; q < ow; q++)
+            o[q] = 0;
         }
       }
 }
@@ -40,15 +65,16 @@ static void col2im(const float *col, float *dx, int64_t c, int64_t h, int64_t w,
     for (int64_t i = 0; i < kh; i++)
       for (int64_t j = 0; j < kw; j++) {
         const float *row = col + ((ci * kh + i) * kw + j) * oh * ow;
+        int64_t off = j * d - p, q0, q1;
+        inside(w, ow, s, off, &q0, &q1);
         for (int64_t r = 0; r < oh; r++) {
           int64_t yy = r * s - p + i * d;
           if (yy < 0 || yy >= h)
             continue;
-          for (int64_t q = 0; q < ow; q++) {
-            int64_t xx = q * s - p + j * d;
-            if (xx >= 0 && xx < w)
-              dx[(ci * h + yy) * w + xx] += row[r * ow + q];
-          }
+          float *out = dx + (ci * h + yy) * w;
+          const float *in = row + r * ow;
+          for (int64_t q = q0; q < q1; q++)
+            out[q * s + off] += in[q];
         }
       }
 }

@@ -2227,6 +2227,59 @@ static void test_threads(void) {
       }
 }
 
+// conv.c against direct loops (in double) for strides, paddings, dilations and odd sizes,
+// on 1 and 3 threads: the forward pass, the input gradient and the weight gradient.
+static void test_conv_kernels(void) {
+  int cfg[][4] = {{3, 1, 1, 1}, {3, 2, 1, 1}, {3, 1, 0, 2}, {5, 1, 2, 1}, {2, 2, 0, 1}, {3, 3, 2, 1}};
+  enum { N = 5, C = 3, H = 7, W = 6, O = 4 };
+  static float x[N * C * H * W], wt[O * C * 5 * 5], y[N * O * H * W], dy[N * O * H * W],
+      dx[N * C * H * W], dw[O * C * 5 * 5], col[C * 5 * 5 * H * W];
+  for (int i = 0; i < N * C * H * W; i++)
+    x[i] = (float)((i * 29) % 23) / 11 - 1;
+  for (int i = 0; i < O * C * 25; i++)
+    wt[i] = (float)((i * 7) % 19) / 9 - 1;
+  for (int i = 0; i < N * O * H * W; i++)
+    dy[i] = (float)((i * 13) % 17) / 8 - 1;
+  for (int threads = 1; threads <= 3; threads += 2) {
+    krt_threads_start(threads);
+    for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
+      int k = cfg[c][0], st = cfg[c][1], pd = cfg[c][2], dl = cfg[c][3];
+      int oh = (H + 2 * pd - dl * (k - 1) - 1) / st + 1, ow = (W + 2 * pd - dl * (k - 1) - 1) / st + 1;
+      krt_conv2d(x, wt, y, N, C, H, W, O, k, k, st, pd, dl, col);
+      krt_conv2d_dx(dy, wt, dx, N, C, H, W, O, k, k, st, pd, dl, col);
+      krt_conv2d_dw(x, dy, dw, N, C, H, W, O, k, k, st, pd, dl, col);
+      static double ry[N * O * H * W], rdx[N * C * H * W], rdw[O * C * 25];
+      memset(ry, 0, sizeof ry), memset(rdx, 0, sizeof rdx), memset(rdw, 0, sizeof rdw);
+      for (int n = 0; n < N; n++)
+        for (int o = 0; o < O; o++)
+          for (int r = 0; r < oh; r++)
+            for (int q = 0; q < ow; q++)
+              for (int ci = 0; ci < C; ci++)
+                for (int i = 0; i < k; i++)
+                  for (int j = 0; j < k; j++) {
+                    int yy = r * st - pd + i * dl, xx = q * st - pd + j * dl;
+                    if (yy < 0 || yy >= H || xx < 0 || xx >= W)
+                      continue;
+                    int xi = ((n * C + ci) * H + yy) * W + xx, wi = ((o * C + ci) * k + i) * k + j;
+                    int yi = ((n * O + o) * oh + r) * ow + q;
+                    ry[yi] += (double)x[xi] * wt[wi];
+                    rdx[xi] += (double)dy[yi] * wt[wi];
+                    rdw[wi] += (double)dy[yi] * x[xi];
+                  }
+      double ey = 0, edx = 0, edw = 0;
+      for (int i = 0; i < N * O * oh * ow; i++)
+        ey = fmax(ey, fabs(y[i] - ry[i]));
+      for (int i = 0; i < N * C * H * W; i++)
+        edx = fmax(edx, fabs(dx[i] - rdx[i]));
+      for (int i = 0; i < O * C * k * k; i++)
+        edw = fmax(edw, fabs(dw[i] - rdw[i]));
+      CHECK(ey < 1e-4 && edx < 1e-4 && edw < 1e-4,
+            "conv k %d stride %d pad %d dilation %d, %d threads: off by %g, %g, %g", k, st, pd, dl,
+            threads, ey, edx, edw);
+    }
+  }
+}
+
 int main(void) {
   snprintf(tmp, sizeof tmp, "/tmp/keel_test_runtime.XXXXXX");
   if (!mkdtemp(tmp)) {
@@ -2250,6 +2303,7 @@ int main(void) {
   test_regression_report();
   test_resume();
   test_resume_refused();
+  test_conv_kernels();  // first: it starts with one thread
   test_threads();
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
