@@ -70,16 +70,7 @@ static Shape flat(int64_t count) { return shape_make(1, count); }
 
 // Floats of scratch an instruction needs (0: none).
 static int64_t scratch_size(Fn *fn, Ins *ins, int64_t batch) {
-  if (ins->op == OP_LSE)
-    return shape_numel(ins->shape, batch);
-  if (ins->op < OP_CONV2D || ins->op > OP_CONV2D_DW)
-    return 0;
-  Shape x = ins->op == OP_CONV2D_DX ? ins->shape : fn->ins[ins->arg[0]].shape;
-  Shape w = ins->op == OP_CONV2D ? fn->ins[ins->arg[1]].shape
-            : ins->op == OP_CONV2D_DX ? fn->ins[ins->arg[1]].shape : ins->shape;
-  int64_t oh = conv_out_size(x.dim[2], w.dim[2], ins->attr[0], ins->attr[1], ins->attr[2]);
-  int64_t ow = conv_out_size(x.dim[3], w.dim[3], ins->attr[0], ins->attr[1], ins->attr[2]);
-  return w.dim[1] * w.dim[2] * w.dim[3] * oh * ow;
+  return ins->op == OP_LSE ? shape_numel(ins->shape, batch) : 0;
 }
 
 // Memory planning. A value's slot is taken when it is computed and handed back after its
@@ -861,17 +852,16 @@ static void gen_ins(Cg *cg, int i) {
     Shape x = ins->op == OP_CONV2D_DX ? ins->shape : fn->ins[ins->arg[0]].shape;
     Shape w = ins->op == OP_CONV2D_DW ? ins->shape : fn->ins[ins->arg[1]].shape;
     LLVMValueRef a = cg->buf[ins->arg[0]], b = cg->buf[ins->arg[1]];
-    LLVMTypeRef pt[14] = {cg->ptr, cg->ptr, cg->ptr};
-    LLVMValueRef args[14] = {a, b, dst, dim_val(cg, x.dim[0]), ci64(cg, x.dim[1]),
+    LLVMTypeRef pt[13] = {cg->ptr, cg->ptr, cg->ptr};
+    LLVMValueRef args[13] = {a, b, dst, dim_val(cg, x.dim[0]), ci64(cg, x.dim[1]),
                              ci64(cg, x.dim[2]), ci64(cg, x.dim[3]), ci64(cg, w.dim[0]),
                              ci64(cg, w.dim[2]), ci64(cg, w.dim[3]), ci64(cg, ins->attr[0]),
-                             ci64(cg, ins->attr[1]), ci64(cg, ins->attr[2]), cg->scratch[i]};
+                             ci64(cg, ins->attr[1]), ci64(cg, ins->attr[2])};
     for (int k = 3; k < 13; k++)
       pt[k] = cg->i64;
-    pt[13] = cg->ptr;
     call(cg, ins->op == OP_CONV2D ? "krt_conv2d" : ins->op == OP_CONV2D_DX ? "krt_conv2d_dx"
                                                                           : "krt_conv2d_dw",
-         cg->vd, pt, 14, args);
+         cg->vd, pt, 13, args);
     return;
   }
   case OP_MAXPOOL:
@@ -907,18 +897,38 @@ static void gen_ins(Cg *cg, int i) {
 // all have that shape, becomes one loop. A value used only inside the run stays in a
 // register; one read later (or by the runtime: cg->keep) is also stored to its slot.
 
-static bool fusable(Fn *fn, int i, Shape *shape) {
+// An operand that broadcasts (a per-channel mean against [n, c, h, w]) may join with
+// *inner_dims set to the number of trailing dimensions it is constant over (the loop nest
+// then runs over blocks of those, the operand read once per block); without `bcast`, or with
+// no such operand, every operand has the output's shape and *inner_dims is its rank.
+static bool fusable(Fn *fn, int i, Shape *shape, bool bcast, int *inner_dims) {
   Ins *ins = &fn->ins[i];
   OpClass c = op_class[ins->op];
   if (c != OC_UNARY && c != OC_BINARY && c != OC_SELECT && ins->op != OP_STORE)
     return false;
+  int inner = ins->shape.rank;
   for (int k = 0; k < op_nargs[ins->op]; k++) {
     Shape a = fn->ins[ins->arg[k]].shape;
-    if (a.rank != 0 && !shape_eq(a, ins->shape))
+    if (a.rank == 0 || shape_eq(a, ins->shape))
+      continue;
+    int ones = 0;  // trailing dimensions where a is 1 (or has none)
+    while (ones < ins->shape.rank && (ones >= a.rank || a.dim[a.rank - 1 - ones] == 1))
+      ones++;
+    if (!bcast || ones == 0)
       return false;
+    inner = ones < inner ? ones : inner;
   }
   *shape = ins->shape;
+  *inner_dims = inner;
   return true;
+}
+
+// The floats of one block of the trailing `inner_dims` dimensions; 0 if one has the batch.
+static int64_t block_size(Shape s, int inner_dims) {
+  int64_t b = 1;
+  for (int d = s.rank - inner_dims; d < s.rank; d++)
+    b = s.dim[d] == DIM_N ? 0 : b * s.dim[d];
+  return b;
 }
 
 // A tensor's handle, or a scalar instruction with no loop and no effects, none of whose
@@ -939,7 +949,8 @@ static bool hoistable(Fn *fn, int j, const int *members, int nm) {
 }
 
 // The fused loop over members[0..nm) (in order); `end` is the first instruction after the run.
-static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *last_use) {
+static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *last_use,
+                      int inner_dims) {
   Fn *fn = cg->ir;
   int from = members[0];
   int *pos = arena_alloc(sizeof(int) * (size_t)(end - from));  // member index, or -1
@@ -957,8 +968,17 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
       if (!MEMBER(a) && is_scalar_val(cg, a))
         sc[3 * k + q] = scalar(cg, a);
     }
+  // The loops: over `outer` blocks of `inner` elements, where an operand that broadcasts
+  // (a per-channel statistic) is constant within a block; one flat loop when none does.
   Shape shape = fn->ins[from].shape;
-  LLVMValueRef count = numel(cg, shape), lo = ci64(cg, 0), hi = count;
+  int split = shape.rank - inner_dims;  // the dimensions of the outer loop
+  int64_t inner = 1;
+  for (int d = split; d < shape.rank; d++)
+    inner *= shape.dim[d];
+  LLVMValueRef outer = ci64(cg, 1);
+  for (int d = 0; d < split; d++)
+    outer = LLVMBuildMul(cg->b, outer, dim_val(cg, shape.dim[d]), "");
+  LLVMValueRef count = split ? outer : numel(cg, shape), lo = ci64(cg, 0), hi = count;
   Outline o = {0};
   if (has_batch(shape) || shape_numel(shape, 1) >= 2 * PAR_MIN) {
     // the buffers it reads and writes, and the scalars, pass to the kernel
@@ -972,7 +992,31 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     }
     outline_begin(cg, &o, ids, nids, sc, 3 * nm, &lo, &hi);
   }
-  Loop l = loop_from(cg, lo, hi);
+  Loop lb = {0}, l = loop_from(cg, lo, hi);
+  LLVMValueRef at = l.iv;  // the element's index
+  LLVMValueRef *bc = arena_alloc(sizeof(LLVMValueRef) * (size_t)(3 * nm));
+  if (split) {
+    // the outer block's index in each outer dimension; the broadcast operands' values
+    LLVMValueRef idx[MAX_RANK], rest = l.iv;
+    for (int d = shape.rank - 1; d >= 0; d--)
+      idx[d] = ci64(cg, 0);
+    for (int d = split - 1; d > 0; d--) {
+      LLVMValueRef dim = dim_val(cg, shape.dim[d]);
+      idx[d] = LLVMBuildURem(cg->b, rest, dim, "");
+      rest = LLVMBuildUDiv(cg->b, rest, dim, "");
+    }
+    idx[0] = rest;
+    for (int k = 0; k < nm; k++)
+      for (int q = 0; q < op_nargs[fn->ins[members[k]].op]; q++) {
+        int a = fn->ins[members[k]].arg[q];
+        Shape as = fn->ins[a].shape;
+        if (!MEMBER(a) && as.rank && !shape_eq(as, shape))
+          bc[3 * k + q] = load_at(cg, cg->buf[a], bcast_offset(cg, as, shape, idx));
+      }
+    LLVMValueRef base = LLVMBuildMul(cg->b, l.iv, ci64(cg, inner), "");
+    lb = loop_begin(cg, ci64(cg, inner));
+    at = LLVMBuildAdd(cg->b, base, lb.iv, "");
+  }
   for (int k = 0; k < nm; k++) {
     int m = members[k];
     Ins *ins = &fn->ins[m];
@@ -980,15 +1024,18 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     for (int q = 0; q < op_nargs[ins->op]; q++) {
       int a = ins->arg[q];
       v[q] = MEMBER(a) ? val[pos[a - from]] : sc[3 * k + q] ? sc[3 * k + q]
-                                                             : load_at(cg, cg->buf[a], l.iv);
+             : bc[3 * k + q] ? bc[3 * k + q] : load_at(cg, cg->buf[a], at);
     }
     val[k] = ins->op == OP_STORE ? v[0] : elementwise(cg, ins->op, v[0], v[1], v[2], ins->arg[1], fn);
     if (ins->op == OP_STORE || last_use[m] >= end || cg->keep[m])
-      store_at(cg, val[k], cg->buf[m], l.iv);
+      store_at(cg, val[k], cg->buf[m], at);
   }
+  if (split)
+    loop_end(cg, &lb);
   loop_end(cg, &l);
   if (o.kernel)
-    outline_end(cg, &o, count, 16, ci64(cg, PAR_MIN));
+    outline_end(cg, &o, count, split ? 1 : 16,
+                ci64(cg, split ? (inner >= PAR_MIN ? 1 : PAR_MIN / inner) : PAR_MIN));
 #undef MEMBER
 }
 
@@ -1138,14 +1185,17 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
     }
     // A run to fuse: elementwise instructions of one shape; scalar arithmetic in between
     // (a bias correction, a scheduled factor) is hoisted before the loop.
+    // An operand broadcast over blocks of at least 16 floats (a channel's plane) may join.
     Shape shape, next;
-    int j = i + 1, nm = 1, nh = 0;
+    int j = i + 1, nm = 1, nh = 0, inner = 0, in_j;
     members[0] = i;
-    if (fusable(ir, i, &shape)) {
+    if (fusable(ir, i, &shape, true, &inner) && (inner == shape.rank || block_size(shape, inner) >= 16)) {
       for (; j < ir->len; j++) {
         if (cg->guard && j == cg->p->train_gsq + 1)
           break;  // the guard comes between Σ g² and the update
-        if (fusable(ir, j, &next) && shape_eq(next, shape)) {
+        if (fusable(ir, j, &next, true, &in_j) && shape_eq(next, shape) &&
+            (in_j >= inner || block_size(shape, in_j) >= 16)) {
+          inner = in_j < inner ? in_j : inner;
           members[nm++] = j;
           continue;
         }
@@ -1160,9 +1210,10 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
     for (int k = 0; k < nh; k++)
       gen_ins(cg, hoisted[k]);
     Shape one;
+    int flat;
     if (nm > 1) {
-      gen_fused(cg, members, nm, j, last_use);
-    } else if (fusable(ir, i, &one) && ir->ins[i].op != OP_STORE && i + 1 < ir->len &&
+      gen_fused(cg, members, nm, j, last_use, inner);
+    } else if (fusable(ir, i, &one, false, &flat) && ir->ins[i].op != OP_STORE && i + 1 < ir->len &&
                contiguous_reduce(ir, i + 1) && ir->ins[i + 1].arg[0] == i &&
                last_use[i] == i + 1 && !cg->keep[i] && !(cg->guard && i + 1 == cg->p->train_gsq + 1)) {
       // an elementwise value read only by the reduction after it: computed inside it

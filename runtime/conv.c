@@ -4,10 +4,9 @@
 // column of `col` (c·kh·kw rows, oh·ow columns, zeros where the window hangs over the
 // padding), and one cblas_sgemm multiplies the weight (o × c·kh·kw) by it. The input gradient
 // runs the same in reverse (Wᵀ · dy, then col2im adds the columns back), the weight
-// gradient accumulates dy · colᵀ over the samples. The samples are shared among the threads
-// of the pool (threads.c) in fixed chunks, each with its own im2col buffer; the weight
-// gradient keeps one partial sum per chunk and adds them in chunk order, so results do not
-// depend on timing. Pooling is a direct loop over windows, its planes shared the same way.
+// gradient accumulates dy · colᵀ over the samples. The samples are shared among the threads of the pool (threads.c) in fixed chunks, each with
+// its own scratch; the weight gradient keeps one partial sum per chunk and adds them in chunk
+// order, so results do not depend on timing. Pooling is a direct loop over windows, its planes shared the same way.
 
 #include "keelrt.h"
 
@@ -26,15 +25,15 @@ static void inside(int64_t w, int64_t ow, int64_t s, int64_t off, int64_t *q0, i
     *q1 = *q0;
 }
 
-// im2col of one sample x (c, h, w) into col (c·kh·kw, oh·ow). Each row of the output is a
+// im2col of one sample x (c, h, w) into col (c·kh·kw rows, ld apart; oh·ow columns). Each row of the output is a
 // run of zeros, a (strided) copy of an input row and zeros: the bounds are worked out once per
 // row, not per element.
-static void im2col(const float *x, float *col, int64_t c, int64_t h, int64_t w, int64_t kh,
-                   int64_t kw, int64_t s, int64_t p, int64_t d, int64_t oh, int64_t ow) {
+static void im2col(const float *x, float *col, int64_t ld, int64_t c, int64_t h, int64_t w,
+                   int64_t kh, int64_t kw, int64_t s, int64_t p, int64_t d, int64_t oh, int64_t ow) {
   for (int64_t ci = 0; ci < c; ci++)
     for (int64_t i = 0; i < kh; i++)
       for (int64_t j = 0; j < kw; j++) {
-        float *row = col + ((ci * kh + i) * kw + j) * oh * ow;
+        float *row = col + ((ci * kh + i) * kw + j) * ld;
         int64_t off = j * d - p, q0, q1;
         inside(w, ow, s, off, &q0, &q1);
         for (int64_t r = 0; r < oh; r++) {
@@ -59,12 +58,12 @@ static void im2col(const float *x, float *col, int64_t c, int64_t h, int64_t w, 
 }
 
 // The reverse: adds each column entry back into dx (c, h, w), which the caller zeroed.
-static void col2im(const float *col, float *dx, int64_t c, int64_t h, int64_t w, int64_t kh,
-                   int64_t kw, int64_t s, int64_t p, int64_t d, int64_t oh, int64_t ow) {
+static void col2im(const float *col, int64_t ld, float *dx, int64_t c, int64_t h, int64_t w,
+                   int64_t kh, int64_t kw, int64_t s, int64_t p, int64_t d, int64_t oh, int64_t ow) {
   for (int64_t ci = 0; ci < c; ci++)
     for (int64_t i = 0; i < kh; i++)
       for (int64_t j = 0; j < kw; j++) {
-        const float *row = col + ((ci * kh + i) * kw + j) * oh * ow;
+        const float *row = col + ((ci * kh + i) * kw + j) * ld;
         int64_t off = j * d - p, q0, q1;
         inside(w, ow, s, off, &q0, &q1);
         for (int64_t r = 0; r < oh; r++) {
@@ -86,73 +85,77 @@ static int64_t out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d
 // The arguments of a convolution kernel, for the chunks of the pool.
 typedef struct {
   const float *x, *wt, *dy;
-  float *y, *dx, *dw, *col;
+  float *y, *dx, *dw;
   int64_t c, h, w, o, kh, kw, s, p, d, oh, ow, ckk;
   bool ran[KRT_MAX_THREADS];  // conv2d_dw: the chunks that wrote a partial sum
 } Conv;
 
 static Conv conv_args(int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw,
-                      int64_t s, int64_t p, int64_t d, float *col) {
+                      int64_t s, int64_t p, int64_t d) {
   int64_t oh = out_size(h, kh, s, p, d), ow = out_size(w, kw, s, p, d);
   return (Conv){.c = c, .h = h, .w = w, .o = o, .kh = kh, .kw = kw, .s = s, .p = p, .d = d,
-                .oh = oh, .ow = ow, .ckk = c * kh * kw, .col = col};
+                .oh = oh, .ow = ow, .ckk = c * kh * kw};
 }
 
-// Chunk 0 uses the buffer the compiler planned; the others their own.
-static float *col_of(const Conv *a, int t, int64_t extra) {
-  return t == 0 ? a->col : krt_scratch(t, a->ckk * a->oh * a->ow + extra);
+// Chunk t's scratch: one sample's columns (ckk × oh·ow), then, for the weight gradient, the
+// chunk's partial sum (o × ckk). (Products of several samples' columns side by side were
+// tried: OpenBLAS runs 64 × 288 by 288 × 196 as fast as by 288 × 1568, and the copies cost.)
+static float *scratch_of(const Conv *a, int t, float **dw) {
+  float *col = krt_scratch(t, a->ckk * a->oh * a->ow + (dw ? a->o * a->ckk : 0));
+  if (dw)
+    *dw = col + a->ckk * a->oh * a->ow;
+  return col;
 }
 
 static void conv_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
   const Conv *a = ctx;
-  float *col = col_of(a, t, 0);
+  float *col = scratch_of(a, t, NULL);
   int64_t ohw = a->oh * a->ow;
   for (int64_t i = lo; i < hi; i++) {
-    im2col(a->x + i * a->c * a->h * a->w, col, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p, a->d,
-           a->oh, a->ow);
+    im2col(a->x + i * a->c * a->h * a->w, col, ohw, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p,
+           a->d, a->oh, a->ow);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)a->o, (int)ohw, (int)a->ckk, 1,
                 a->wt, (int)a->ckk, col, (int)ohw, 0, a->y + i * a->o * ohw, (int)ohw);
   }
 }
 
 void krt_conv2d(const float *x, const float *wt, float *y, int64_t n, int64_t c, int64_t h,
-                int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s, int64_t p, int64_t d,
-                float *col) {
-  Conv a = conv_args(c, h, w, o, kh, kw, s, p, d, col);
+                int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s, int64_t p, int64_t d) {
+  Conv a = conv_args(c, h, w, o, kh, kw, s, p, d);
   a.x = x, a.wt = wt, a.y = y;
   krt_parallel(conv_chunk, &a, n, 1, 1);
 }
 
 static void conv_dx_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
   const Conv *a = ctx;
-  float *col = col_of(a, t, 0);
+  float *col = scratch_of(a, t, NULL);
   int64_t ohw = a->oh * a->ow, chw = a->c * a->h * a->w;
   memset(a->dx + lo * chw, 0, sizeof(float) * (size_t)((hi - lo) * chw));
   for (int64_t i = lo; i < hi; i++) {
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)a->ckk, (int)ohw, (int)a->o, 1,
                 a->wt, (int)a->ckk, a->dy + i * a->o * ohw, (int)ohw, 0, col, (int)ohw);
-    col2im(col, a->dx + i * chw, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p, a->d, a->oh, a->ow);
+    col2im(col, ohw, a->dx + i * chw, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p, a->d, a->oh,
+           a->ow);
   }
 }
 
 void krt_conv2d_dx(const float *dy, const float *wt, float *dx, int64_t n, int64_t c,
                    int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s,
-                   int64_t p, int64_t d, float *col) {
-  Conv a = conv_args(c, h, w, o, kh, kw, s, p, d, col);
+                   int64_t p, int64_t d) {
+  Conv a = conv_args(c, h, w, o, kh, kw, s, p, d);
   a.dy = dy, a.wt = wt, a.dx = dx;
   krt_parallel(conv_dx_chunk, &a, n, 1, 1);
 }
 
-// Chunk t sums its samples' dy · colᵀ into dw (t = 0) or into a partial sum after its
-// im2col buffer (t > 0).
+// Chunk t sums its samples' dy · colᵀ into dw (t = 0) or into its partial sum (t > 0).
 static void conv_dw_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
   Conv *a = ctx;
-  int64_t ohw = a->oh * a->ow, size = a->o * a->ckk;
-  float *col = col_of(a, t, size), *dw = t == 0 ? a->dw : col + a->ckk * ohw;
-  memset(dw, 0, sizeof(float) * (size_t)size);
+  float *part, *col = scratch_of(a, t, &part), *dw = t == 0 ? a->dw : part;
+  int64_t ohw = a->oh * a->ow;
+  memset(dw, 0, sizeof(float) * (size_t)(a->o * a->ckk));
   for (int64_t i = lo; i < hi; i++) {
-    im2col(a->x + i * a->c * a->h * a->w, col, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p, a->d,
-           a->oh, a->ow);
+    im2col(a->x + i * a->c * a->h * a->w, col, ohw, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p,
+           a->d, a->oh, a->ow);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)a->o, (int)a->ckk, (int)ohw, 1,
                 a->dy + i * a->o * ohw, (int)ohw, col, (int)ohw, 1, dw, (int)a->ckk);
   }
@@ -161,14 +164,15 @@ static void conv_dw_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
 
 void krt_conv2d_dw(const float *x, const float *dy, float *dw, int64_t n, int64_t c,
                    int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s,
-                   int64_t p, int64_t d, float *col) {
-  Conv a = conv_args(c, h, w, o, kh, kw, s, p, d, col);
+                   int64_t p, int64_t d) {
+  Conv a = conv_args(c, h, w, o, kh, kw, s, p, d);
   a.x = x, a.dy = dy, a.dw = dw;
   memset(dw, 0, sizeof(float) * (size_t)(o * a.ckk));  // n = 0 runs no chunk
   krt_parallel(conv_dw_chunk, &a, n, 1, 1);
   for (int t = 1; t < KRT_MAX_THREADS; t++)  // the partial sums, in chunk order
     if (a.ran[t]) {
-      const float *part = krt_scratch(t, 0) + a.ckk * a.oh * a.ow;
+      float *part;
+      scratch_of(&a, t, &part);
       for (int64_t e = 0; e < o * a.ckk; e++)
         dw[e] += part[e];
     }

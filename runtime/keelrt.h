@@ -440,8 +440,8 @@ typedef void KrtTask(void *ctx, int64_t lo, int64_t hi, int t);
 void krt_threads_start(int threads);
 int krt_threads(void);
 void krt_parallel(KrtTask *fn, void *ctx, int64_t n, int64_t align, int64_t min_chunk);
-// Scratch of at least `floats` floats for chunk t ≥ 1 (kept and grown: no allocation once
-// the first step has run).
+// Scratch of at least `floats` floats for chunk t (kept and grown: no allocation once the
+// first step has run).
 float *krt_scratch(int t, int64_t floats);
 // [generated] cblas_sgemm (row-major) split over the pool by rows or columns of C.
 void krt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
@@ -450,17 +450,16 @@ void krt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a,
 // ---------------------------------------------------------------------------------------------
 // conv.c — [generated] image kernels, NCHW. A convolution of x (n, c, h, w) with weights
 // (o, c, kh, kw), stride s, padding p, dilation d gives (n, o, oh, ow) with
-// oh = (h + 2p - d(kh - 1) - 1) / s + 1; col is scratch of c·kh·kw·oh·ow floats.
+// oh = (h + 2p - d(kh - 1) - 1) / s + 1. Scratch comes from krt_scratch.
 
 void krt_conv2d(const float *x, const float *wt, float *y, int64_t n, int64_t c, int64_t h,
-                int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s, int64_t p, int64_t d,
-                float *col);
+                int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s, int64_t p, int64_t d);
 void krt_conv2d_dx(const float *dy, const float *wt, float *dx, int64_t n, int64_t c,
                    int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s,
-                   int64_t p, int64_t d, float *col);
+                   int64_t p, int64_t d);
 void krt_conv2d_dw(const float *x, const float *dy, float *dw, int64_t n, int64_t c,
                    int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t s,
-                   int64_t p, int64_t d, float *col);
+                   int64_t p, int64_t d);
 // Pooling over k × k windows of nc = n·c planes of h × w, stride s, padding p.
 void krt_maxpool(const float *x, float *y, int64_t nc, int64_t h, int64_t w, int64_t k,
                  int64_t s, int64_t p);

@@ -165,7 +165,7 @@ void krt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Per-chunk scratch (chunk 0 uses the buffer the compiler planned for the kernel).
+// Per-chunk scratch.
 
 static struct {
   float *p;

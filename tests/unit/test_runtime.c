@@ -2233,7 +2233,7 @@ static void test_conv_kernels(void) {
   int cfg[][4] = {{3, 1, 1, 1}, {3, 2, 1, 1}, {3, 1, 0, 2}, {5, 1, 2, 1}, {2, 2, 0, 1}, {3, 3, 2, 1}};
   enum { N = 5, C = 3, H = 7, W = 6, O = 4 };
   static float x[N * C * H * W], wt[O * C * 5 * 5], y[N * O * H * W], dy[N * O * H * W],
-      dx[N * C * H * W], dw[O * C * 5 * 5], col[C * 5 * 5 * H * W];
+      dx[N * C * H * W], dw[O * C * 5 * 5];
   for (int i = 0; i < N * C * H * W; i++)
     x[i] = (float)((i * 29) % 23) / 11 - 1;
   for (int i = 0; i < O * C * 25; i++)
@@ -2245,9 +2245,9 @@ static void test_conv_kernels(void) {
     for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
       int k = cfg[c][0], st = cfg[c][1], pd = cfg[c][2], dl = cfg[c][3];
       int oh = (H + 2 * pd - dl * (k - 1) - 1) / st + 1, ow = (W + 2 * pd - dl * (k - 1) - 1) / st + 1;
-      krt_conv2d(x, wt, y, N, C, H, W, O, k, k, st, pd, dl, col);
-      krt_conv2d_dx(dy, wt, dx, N, C, H, W, O, k, k, st, pd, dl, col);
-      krt_conv2d_dw(x, dy, dw, N, C, H, W, O, k, k, st, pd, dl, col);
+      krt_conv2d(x, wt, y, N, C, H, W, O, k, k, st, pd, dl);
+      krt_conv2d_dx(dy, wt, dx, N, C, H, W, O, k, k, st, pd, dl);
+      krt_conv2d_dw(x, dy, dw, N, C, H, W, O, k, k, st, pd, dl);
       static double ry[N * O * H * W], rdx[N * C * H * W], rdw[O * C * 25];
       memset(ry, 0, sizeof ry), memset(rdx, 0, sizeof rdx), memset(rdw, 0, sizeof rdw);
       for (int n = 0; n < N; n++)
