@@ -923,6 +923,29 @@ static bool fusable(Fn *fn, int i, Shape *shape, bool bcast, int *inner_dims) {
   return true;
 }
 
+// Whether j's slot is that of an operand the run (with j) reads by broadcast, or one of j's
+// broadcast operands has the slot of a member: a block reads such an operand at another
+// index than it writes, so the two must not share memory (the planner reuses slots of equal
+// size).
+static bool bcast_clash(Cg *cg, const int *members, int nm, int j) {
+  Fn *fn = cg->ir;
+  for (int k = 0; k <= nm; k++) {
+    int m = k < nm ? members[k] : j;
+    for (int q = 0; q < op_nargs[fn->ins[m].op]; q++) {
+      int a = fn->ins[m].arg[q];
+      Shape as = fn->ins[a].shape;
+      if (as.rank == 0 || shape_eq(as, fn->ins[m].shape))
+        continue;
+      if (cg->slot[a] == cg->slot[j])
+        return true;
+      for (int e = 0; m == j && e < nm; e++)
+        if (cg->slot[a] == cg->slot[members[e]])
+          return true;
+    }
+  }
+  return false;
+}
+
 // The floats of one block of the trailing `inner_dims` dimensions; 0 if one has the batch.
 static int64_t block_size(Shape s, int inner_dims) {
   int64_t b = 1;
@@ -931,13 +954,19 @@ static int64_t block_size(Shape s, int inner_dims) {
   return b;
 }
 
-// A tensor's handle, or a scalar instruction with no loop and no effects, none of whose
-// operands is in the run.
+// A tensor's handle, a reshape (a view of a value computed before the run), or a scalar
+// instruction with no loop and no effects, none of whose operands is in the run.
 static bool hoistable(Fn *fn, int j, const int *members, int nm) {
   Ins *ins = &fn->ins[j];
   OpClass c = op_class[ins->op];
   if (ins->op == OP_TENSOR)  // no code: its slot is a persistent tensor
     return true;
+  if (ins->op == OP_RESHAPE) {  // no code, a view: but not of a value the run computes
+    for (int m = 0; m < nm; m++)
+      if (ins->arg[0] == members[m])
+        return false;
+    return true;
+  }
   if (ins->shape.rank != 0 ||
       !(c == OC_UNARY || c == OC_BINARY || c == OC_SELECT || ins->op == OP_INPUT || ins->op == OP_CONST))
     return false;
@@ -1194,7 +1223,7 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
         if (cg->guard && j == cg->p->train_gsq + 1)
           break;  // the guard comes between Σ g² and the update
         if (fusable(ir, j, &next, true, &in_j) && shape_eq(next, shape) &&
-            (in_j >= inner || block_size(shape, in_j) >= 16)) {
+            (in_j >= inner || block_size(shape, in_j) >= 16) && !bcast_clash(cg, members, nm, j)) {
           inner = in_j < inner ? in_j : inner;
           members[nm++] = j;
           continue;
