@@ -75,7 +75,7 @@ static int64_t scratch_size(Fn *fn, Ins *ins, int64_t batch) {
 
 // Memory planning. A value's slot is taken when it is computed and handed back after its
 // last use (a value the runtime reads, and everything a RESHAPE aliases, lives longer); a
-// later value of exactly the same size takes it again. An instruction's own slot is never one
+// later value that fits takes it again (the smallest free slot that fits). An instruction's own slot is never one
 // of its operands' (they are freed only after it), so no kernel works in place. The three
 // functions never run at once, so eval and the schedule reuse train's slots as well.
 typedef struct {
@@ -83,18 +83,25 @@ typedef struct {
   int n, cap;
 } FreeSlots;
 
+// Best fit: the smallest free slot that holds the value at every batch size (a per-sample
+// slot for a per-sample value, a fixed one for a fixed value), else a new one.
 static int take_slot(Prog *p, FreeSlots *fs, Shape shape) {
   int fresh = new_slot(p, shape);  // its size, for comparing; given back below if unused
+  int64_t row = p->slot_size_per_row[fresh], size = p->slot_size[fresh];
+  int best = -1;
   for (int k = 0; k < fs->n; k++) {
     int s = fs->slot[k];
-    if (p->slot_size[s] == p->slot_size[fresh] &&
-        p->slot_size_per_row[s] == p->slot_size_per_row[fresh]) {
-      fs->slot[k] = fs->slot[--fs->n];
-      p->nslots--;  // the fresh one was the last slot: drop it
-      return s;
-    }
+    bool fits = row ? p->slot_size_per_row[s] >= row
+                    : !p->slot_size_per_row[s] && p->slot_size[s] >= size;
+    if (fits && (best < 0 || p->slot_size[s] < p->slot_size[fs->slot[best]]))
+      best = k;
   }
-  return fresh;
+  if (best < 0)
+    return fresh;
+  int s = fs->slot[best];
+  fs->slot[best] = fs->slot[--fs->n];
+  p->nslots--;  // the fresh one was the last slot: drop it
+  return s;
 }
 
 static void give_slot(FreeSlots *fs, int s) {
