@@ -214,6 +214,13 @@ if [ "$only" = all ] || [ "$only" = aot ]; then
     cmp -s "$TMP/$nn.t2a/final.safetensors" "$TMP/$nn.t2trainer/final.safetensors" && ok ||
       fail "$nn --threads 2: the JIT and the trainer trained different weights"
   done
+  # and the same numbers as one thread, up to the rounding of products cut in pieces
+  for t in 1 2; do
+    (cd tests/e2e && "$KEEL_ABS" run threads.nn --steps 12 --threads $t --out "$TMP/threads$t") > /dev/null 2>&1
+  done
+  build/test/st_compare "$TMP/threads1/final.safetensors" "$TMP/threads2/final.safetensors" 1e-5 \
+    > "$TMP/t2.log" 2>&1 && ok ||
+    { fail "--threads 2 trained other numbers than --threads 1"; grep FAIL "$TMP/t2.log" | head -3; }
   # --data swaps a source's file: the same rows in another place train the same weights;
   # other rows train others
   cp examples/xor.csv "$TMP/xor-copy.csv"
