@@ -74,10 +74,14 @@ static void codegen_options(void) {
 
 static LLVMTargetMachineRef target_machine(const char *triple_or_null) {
   codegen_options();
-  LLVMInitializeAllTargetInfos();
-  LLVMInitializeAllTargets();
-  LLVMInitializeAllTargetMCs();
-  LLVMInitializeAllAsmPrinters();
+  if (triple_or_null) {  // keel build --target: any of the targets LLVM was built with
+    LLVMInitializeAllTargetInfos();
+    LLVMInitializeAllTargets();
+    LLVMInitializeAllTargetMCs();
+    LLVMInitializeAllAsmPrinters();
+  } else if (LLVMInitializeNativeTarget() || LLVMInitializeNativeAsmPrinter()) {
+    fatal("LLVM cannot generate code for this machine");
+  }
   char *triple = triple_or_null ? LLVMNormalizeTargetTriple(triple_or_null)
                                 : LLVMGetDefaultTargetTriple();
   char *err = NULL;
