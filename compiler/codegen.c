@@ -75,8 +75,9 @@ static int64_t scratch_size(Fn *fn, Ins *ins, int64_t batch) {
 
 // Memory planning. A value's slot is taken when it is computed and handed back after its
 // last use (a value the runtime reads, and everything a RESHAPE aliases, lives longer); a
-// later value that fits takes it again (the smallest free slot that fits). An instruction's own slot is never one
-// of its operands' (they are freed only after it), so no kernel works in place. The three
+// later value that fits takes it again (the smallest free slot that fits). Only elementwise
+// ops work in place (over an operand they read for the last time): a reduction, a product,
+// a convolution or a pooling kernel never writes over one of its operands. The three
 // functions never run at once, so eval and the schedule reuse train's slots as well.
 typedef struct {
   int *slot;
@@ -113,6 +114,19 @@ static void give_slot(FreeSlots *fs, int s) {
     fs->slot = n;
   }
   fs->slot[fs->n++] = s;
+}
+
+static bool elementwise_op(Op op) {
+  OpClass c = op_class[op];
+  return c == OC_UNARY || c == OC_BINARY || c == OC_SELECT;
+}
+
+// Gives back the slots of the values whose last use is instruction i (once).
+static void free_operands(FreeSlots *fs, const int *slot, int *free_at, const int *next_free,
+                          int i) {
+  for (int v = free_at[i]; v >= 0; v = next_free[v])
+    give_slot(fs, slot[v]);
+  free_at[i] = -1;
 }
 
 static int *plan_fn(Prog *p, Fn *fn, const bool *keep, FreeSlots *fs, int **scratch_out) {
@@ -154,6 +168,11 @@ static int *plan_fn(Prog *p, Fn *fn, const bool *keep, FreeSlots *fs, int **scra
         slot[i] = new_slot(p, ins->shape);
         break;
       }
+      // An elementwise op may write over an operand it reads for the last time: each
+      // element is read before it is written, at the same index (an operand that
+      // broadcasts is smaller than the output, so its slot never fits).
+      if (elementwise_op(ins->op))
+        free_operands(fs, slot, free_at, next_free, i);
       slot[i] = take_slot(p, fs, ins->shape);
       owned[i] = true;
       // scratch: LSE's running sums, a convolution's im2col matrix (for this kernel only)
@@ -167,8 +186,7 @@ static int *plan_fn(Prog *p, Fn *fn, const bool *keep, FreeSlots *fs, int **scra
     }
     if (scratch[i] >= 0)
       give_slot(fs, scratch[i]);
-    for (int v = free_at[i]; v >= 0; v = next_free[v])
-      give_slot(fs, slot[v]);
+    free_operands(fs, slot, free_at, next_free, i);
   }
   // after the function, every slot it owned is free for the next one
   for (int i = 0; i < n; i++)
@@ -911,6 +929,13 @@ static void gen_ins(Cg *cg, int i) {
 static bool fusable(Fn *fn, int i, Shape *shape, bool bcast, int *inner_dims) {
   Ins *ins = &fn->ins[i];
   OpClass c = op_class[ins->op];
+  if (ins->op == OP_EXPAND && bcast && ins->axis == ins->shape.rank - 1 &&
+      ins->shape.rank >= 2 && fn->ins[ins->arg[0]].shape.rank > 0) {
+    // a value repeated along the last axis (a mean's gradient): a broadcast operand
+    *shape = ins->shape;
+    *inner_dims = 1;
+    return true;
+  }
   if (c != OC_UNARY && c != OC_BINARY && c != OC_SELECT && ins->op != OP_STORE)
     return false;
   int inner = ins->shape.rank;
@@ -951,6 +976,23 @@ static bool bcast_clash(Cg *cg, const int *members, int nm, int j) {
     }
   }
   return false;
+}
+
+// The shape of an expand's operand (an expand along the last axis) with that axis as a 1.
+static Shape shape_make_expand(Shape a) {
+  a.dim[a.rank++] = 1;
+  return a;
+}
+
+// An elementwise value read only by the contiguous reduction right after it (Σ g², a
+// mean's square, the guard's probes): computed inside the reduction's loop.
+static bool feeds_reduction(Cg *cg, int i, const int *last_use) {
+  Fn *fn = cg->ir;
+  Shape one;
+  int flat;
+  return fusable(fn, i, &one, false, &flat) && fn->ins[i].op != OP_STORE && i + 1 < fn->len &&
+         contiguous_reduce(fn, i + 1) && fn->ins[i + 1].arg[0] == i && last_use[i] == i + 1 &&
+         !cg->keep[i] && !(cg->guard && i + 1 == cg->p->train_gsq + 1);
 }
 
 // The floats of one block of the trailing `inner_dims` dimensions; 0 if one has the batch.
@@ -1046,6 +1088,8 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
       for (int q = 0; q < op_nargs[fn->ins[members[k]].op]; q++) {
         int a = fn->ins[members[k]].arg[q];
         Shape as = fn->ins[a].shape;
+        if (fn->ins[members[k]].op == OP_EXPAND)  // a seen with a 1 where the axis goes
+          as = shape_make_expand(as);
         if (!MEMBER(a) && as.rank && !shape_eq(as, shape))
           bc[3 * k + q] = load_at(cg, cg->buf[a], bcast_offset(cg, as, shape, idx));
       }
@@ -1062,7 +1106,8 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
       v[q] = MEMBER(a) ? val[pos[a - from]] : sc[3 * k + q] ? sc[3 * k + q]
              : bc[3 * k + q] ? bc[3 * k + q] : load_at(cg, cg->buf[a], at);
     }
-    val[k] = ins->op == OP_STORE ? v[0] : elementwise(cg, ins->op, v[0], v[1], v[2], ins->arg[1], fn);
+    val[k] = ins->op == OP_STORE || ins->op == OP_EXPAND
+                 ? v[0] : elementwise(cg, ins->op, v[0], v[1], v[2], ins->arg[1], fn);
     if (ins->op == OP_STORE || last_use[m] >= end || cg->keep[m])
       store_at(cg, val[k], cg->buf[m], at);
   }
@@ -1229,6 +1274,8 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
       for (; j < ir->len; j++) {
         if (cg->guard && j == cg->p->train_gsq + 1)
           break;  // the guard comes between Σ g² and the update
+        if (feeds_reduction(cg, j, last_use))
+          break;  // j is better computed inside the reduction's loop, never stored
         if (fusable(ir, j, &next, true, &in_j) && shape_eq(next, shape) &&
             (in_j >= inner || block_size(shape, in_j) >= 16) && !bcast_clash(cg, members, nm, j)) {
           inner = in_j < inner ? in_j : inner;
@@ -1245,13 +1292,9 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
     LLVMValueRef t0 = cg->profile ? profile_begin(cg) : NULL;
     for (int k = 0; k < nh; k++)
       gen_ins(cg, hoisted[k]);
-    Shape one;
-    int flat;
     if (nm > 1) {
       gen_fused(cg, members, nm, j, last_use, inner);
-    } else if (fusable(ir, i, &one, false, &flat) && ir->ins[i].op != OP_STORE && i + 1 < ir->len &&
-               contiguous_reduce(ir, i + 1) && ir->ins[i + 1].arg[0] == i &&
-               last_use[i] == i + 1 && !cg->keep[i] && !(cg->guard && i + 1 == cg->p->train_gsq + 1)) {
+    } else if (feeds_reduction(cg, i, last_use)) {
       // an elementwise value read only by the reduction after it: computed inside it
       gen_reduce_from(cg, i + 1, cg->buf[i + 1], i);
       j = i + 2;

@@ -295,7 +295,7 @@ typedef struct {
   Shape out;           // its output shape
   int64_t nparams;     // trained parameters it owns
   Pos pos;
-  int train_val;       // its output in the train function
+  int train_probe;     // train function: Σ output·0, finite exactly when every output is
   Shape in;            // its input shape
   Arg *args;           // every parameter of its definition, in order, with its value
   int nargs;

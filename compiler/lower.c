@@ -744,7 +744,12 @@ static int lower_forward(Lower *L, int x, bool record) {
       LayerInfo *li = &L->p->layers[i];
       li->name = inst->name, li->kind = inst->def->name, li->pos = inst->at->pos;
       li->out = L->fn->ins[x].shape;
-      li->train_val = x;
+      // For the guard's "first non-finite value", a scalar instead of the output itself: a
+      // kept output would hold its memory to the end of the step (the CNN's activations:
+      // 45 MB at batch 128); this sum reads it once, right here, in one vectorized loop.
+      int zero = ir_const(L->fn, 0);
+      li->train_probe = L->fn->ins[x].shape.rank == 0
+                            ? x : ir_reduce(L->fn, OP_SUM, ir_op2(L->fn, OP_MUL, x, zero), -1);
       li->args = args_of(inst->def, 0, inst->args, &li->nargs);
 
       for (int t = before; t < L->p->ntensors; t++)
@@ -1419,12 +1424,13 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
   for (int k = 0; k < nparams; k++)
     gsq = ir_op2(fn, OP_ADD, gsq, ir_reduce(fn, OP_SUM, ir_op2(fn, OP_MUL, grads[k], grads[k]), -1));
   p->train_gsq = gsq;
-  // The guard looks for the first non-finite value in the layers' outputs, then in the
-  // gradients in the order the backward pass computes them (the last layer's first).
+  // The guard looks for the first non-finite value in the layers' outputs (through their
+  // probes, Σ output·0), then in the gradients in the order the backward pass computes them
+  // (the last layer's first).
   p->probe_val = arena_alloc(sizeof(int) * (size_t)(L->ninst + nparams + 1));
   p->probe_what = arena_alloc(sizeof(char *) * (size_t)(L->ninst + nparams + 1));
   for (int i = 0; i < L->ninst; i++) {
-    p->probe_val[p->nprobes] = p->layers[i].train_val;
+    p->probe_val[p->nprobes] = p->layers[i].train_probe;
     p->probe_what[p->nprobes++] = str_fmt("the output of %s", p->layers[i].name);
   }
   for (int k = nparams - 1; k >= 0; k--)

@@ -354,6 +354,10 @@ if [ "$only" = all ] || [ "$only" = e2e ]; then
     fail "diverge: no explanation printed"
   build/test/st_compare --finite "$TMP/dv/final.safetensors" > /dev/null && ok ||
     fail "diverge: final.safetensors holds a non-finite value"
+  # a layer's output overflows: the guard names it as the first non-finite value
+  (cd tests/e2e && "$KEEL_ABS" run overflow.nn --out "$TMP/of") > "$TMP/of.log" 2>&1
+  grep -q "discarded: the loss was NaN (first non-finite value: the output of dense1)" "$TMP/of.log" &&
+    ok || fail "overflow: the guard did not name the output of dense1"
   # early stopping on labels that are noise: it fires and the best epoch's weights come back
   (cd tests/e2e && "$KEEL_ABS" run early_stop.nn --out "$TMP/es") > "$TMP/es.log" 2>&1 && ok ||
     fail "early_stop: keel run failed"
