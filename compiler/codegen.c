@@ -457,6 +457,13 @@ static bool has_batch(Shape s) {
   return false;
 }
 
+// Whether a loop over a value of shape s is outlined for the pool: a fixed size of two chunks
+// or more, or at least 64 floats per sample (two chunks from a batch of 256). Smaller ones
+// (a loss over [n, 10]) would only add functions for LLVM to compile.
+static bool worth_sharing(Shape s) {
+  return has_batch(s) ? shape_numel(s, 1) >= 64 : shape_numel(s, 1) >= 2 * PAR_MIN;
+}
+
 typedef struct {
   LLVMValueRef kernel, env, outer_fn, outer_n;
   LLVMBasicBlockRef outer_bb;
@@ -569,7 +576,7 @@ static void gen_elementwise(Cg *cg, int i, LLVMValueRef dst) {
   LLVMValueRef lo = NULL, hi = NULL, count = flat ? numel(cg, sh) : NULL;
   bool rows = !flat && sh.rank >= 2 && sh.dim[0] == DIM_N;
   int ids[4] = {i};  // (the kernel's bookkeeping points here until outline_end)
-  if (flat ? has_batch(sh) || shape_numel(sh, 1) >= 2 * PAR_MIN : rows) {
+  if ((flat || rows) && worth_sharing(sh)) {
     for (int k = 0; k < na; k++)
       ids[k + 1] = ins->arg[k];
     outline_begin(cg, &o, ids, na + 1, sc, na, &lo, &hi);
@@ -1058,7 +1065,7 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     outer = LLVMBuildMul(cg->b, outer, dim_val(cg, shape.dim[d]), "");
   LLVMValueRef count = split ? outer : numel(cg, shape), lo = ci64(cg, 0), hi = count;
   Outline o = {0};
-  if (has_batch(shape) || shape_numel(shape, 1) >= 2 * PAR_MIN) {
+  if (worth_sharing(shape)) {
     // the buffers it reads and writes, and the scalars, pass to the kernel
     int *ids = arena_alloc(sizeof(int) * (size_t)(3 * nm + nm));
     int nids = 0;
