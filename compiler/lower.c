@@ -747,11 +747,10 @@ static int lower_forward(Lower *L, int x, bool record) {
       // For the guard's "first non-finite value", a scalar instead of the output itself: a
       // kept output would hold its memory to the end of the step (the CNN's activations:
       // 45 MB at batch 128); this sum reads it once, right here, in one vectorized loop.
-      L->fn->cur_layer = inst->name;
+      // (untagged: a layer's last instruction of its own is its output)
       int zero = ir_const(L->fn, 0);
       li->train_probe = L->fn->ins[x].shape.rank == 0
                             ? x : ir_reduce(L->fn, OP_SUM, ir_op2(L->fn, OP_MUL, x, zero), -1);
-      L->fn->cur_layer = NULL;
       li->args = args_of(inst->def, 0, inst->args, &li->nargs);
 
       for (int t = before; t < L->p->ntensors; t++)
