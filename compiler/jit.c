@@ -66,14 +66,17 @@ void jit_set_cpu(const char *cpu) {
 // generator's work off (Fashion MLP and CNN, tiny network). Less mainly drops the post-RA
 // scheduler, which an out-of-order x86 does not need; loop strength reduction can only be
 // turned off by LLVM's command-line option, global to the process: set once, before the
-// first TargetMachine, so the JIT and keel build generate the same code.
+// first TargetMachine, so the JIT and keel build generate the same code. The same way, the
+// loop vectorizer leaves a loop's last few elements to the scalar loop instead of a second,
+// narrower vector loop: the module is 11 % smaller (the Fashion CNN's: 10,394 → 9,294
+// lines) and compiles 5-8 % faster, and the generated loops run over thousands of elements.
 static void codegen_options(void) {
   static bool done;
   if (done)
     return;
   done = true;
-  const char *argv[] = {"keel", "-disable-lsr"};
-  LLVMParseCommandLineOptions(2, argv, NULL);
+  const char *argv[] = {"keel", "-disable-lsr", "-enable-epilogue-vectorization=false"};
+  LLVMParseCommandLineOptions(3, argv, NULL);
 }
 
 static LLVMTargetMachineRef target_machine(const char *triple_or_null) {
