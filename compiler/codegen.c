@@ -472,6 +472,9 @@ typedef struct {
   LLVMValueRef *sc;          // the scalar values (replaced in place) and their originals
   LLVMValueRef *sc_saved;
   int nsc;
+  LLVMValueRef *extra;       // more pointers (per-chunk partial sums), set before outline_begin
+  LLVMValueRef *extra_saved;
+  int nextra;
 } Outline;
 
 static void outline_begin(Cg *cg, Outline *o, int *ids, int nids, LLVMValueRef *sc, int nsc,
@@ -482,6 +485,7 @@ static void outline_begin(Cg *cg, Outline *o, int *ids, int nids, LLVMValueRef *
     ncells += cg->buf[ids[k]] != NULL;
   for (int k = 0; k < nsc; k++)
     ncells += sc[k] != NULL;
+  ncells += o->nextra;
   LLVMTypeRef cells = LLVMArrayType2(cg->i64, (uint64_t)(ncells ? ncells : 1));
   LLVMBasicBlockRef here = LLVMGetInsertBlock(B), entry = LLVMGetEntryBasicBlock(cg->fn);
   LLVMValueRef first = LLVMGetFirstInstruction(entry);
@@ -516,6 +520,9 @@ static void outline_begin(Cg *cg, Outline *o, int *ids, int nids, LLVMValueRef *
   for (int k = 0; k < nsc; k++)
     if ((o->sc_saved[k] = sc[k]))
       LLVMBuildStore(B, sc[k], cell_at(cg, o->env, cell++));
+  o->extra_saved = arena_alloc(sizeof(LLVMValueRef) * (size_t)(o->nextra + 1));
+  for (int k = 0; k < o->nextra; k++)
+    LLVMBuildStore(B, o->extra_saved[k] = o->extra[k], cell_at(cg, o->env, cell++));
   // ... and the kernel loads them
   LLVMTypeRef params[4] = {cg->ptr, cg->i64, cg->i64, cg->i32};
   o->kernel = LLVMAddFunction(cg->mod, "kernel", LLVMFunctionType(cg->vd, params, 4, 0));
@@ -535,6 +542,8 @@ static void outline_begin(Cg *cg, Outline *o, int *ids, int nids, LLVMValueRef *
   for (int k = 0; k < nsc; k++)
     if (o->sc_saved[k])
       sc[k] = LLVMBuildLoad2(B, cg->f32, cell_at(cg, env, cell++), "");
+  for (int k = 0; k < o->nextra; k++)
+    o->extra[k] = LLVMBuildLoad2(B, cg->ptr, cell_at(cg, env, cell++), "");
   *lo = LLVMGetParam(o->kernel, 1), *hi = LLVMGetParam(o->kernel, 2);
 }
 
@@ -549,6 +558,8 @@ static void outline_end(Cg *cg, Outline *o, LLVMValueRef count, int64_t align,
       cg->buf[o->ids[k]] = o->saved[k];
   for (int k = 0; k < o->nsc; k++)
     o->sc[k] = o->sc_saved[k];
+  for (int k = 0; k < o->nextra; k++)
+    o->extra[k] = o->extra_saved[k];
   cg->fn = o->outer_fn;
   LLVMPositionBuilderAtEnd(cg->b, o->outer_bb);
   LLVMTypeRef pt[5] = {cg->ptr, cg->ptr, cg->i64, cg->i64, cg->i64};
@@ -771,17 +782,19 @@ static void gen_matmul(Cg *cg, int i, LLVMValueRef dst) {
 
 // A float on the stack, allocated in the entry block (where mem2reg turns it into registers,
 // and where a loop does not grow the stack).
-static LLVMValueRef entry_alloca(Cg *cg) {
+static LLVMValueRef entry_alloca_of(Cg *cg, LLVMTypeRef t) {
   LLVMBasicBlockRef here = LLVMGetInsertBlock(cg->b), entry = LLVMGetEntryBasicBlock(cg->fn);
   LLVMValueRef first = LLVMGetFirstInstruction(entry);
   if (first)
     LLVMPositionBuilderBefore(cg->b, first);
   else
     LLVMPositionBuilderAtEnd(cg->b, entry);
-  LLVMValueRef a = LLVMBuildAlloca(cg->b, cg->f32, "");
+  LLVMValueRef a = LLVMBuildAlloca(cg->b, t, "");
   LLVMPositionBuilderAtEnd(cg->b, here);
   return a;
 }
+
+static LLVMValueRef entry_alloca(Cg *cg) { return entry_alloca_of(cg, cg->f32); }
 
 static void gen_ins(Cg *cg, int i) {
   Fn *fn = cg->ir;
@@ -953,6 +966,8 @@ static bool fusable(Fn *fn, int i, Shape *shape, bool bcast, int *inner_dims) {
     int ones = 0;  // trailing dimensions where a is 1 (or has none)
     while (ones < ins->shape.rank && (ones >= a.rank || a.dim[a.rank - 1 - ones] == 1))
       ones++;
+    if (ones == ins->shape.rank)  // one value ([1] against [n, 1]): read per outer block
+      ones--;
     if (!bcast || ones == 0)
       return false;
     inner = ones < inner ? ones : inner;
@@ -970,6 +985,8 @@ static bool bcast_clash(Cg *cg, const int *members, int nm, int j) {
   Fn *fn = cg->ir;
   for (int k = 0; k <= nm; k++) {
     int m = k < nm ? members[k] : j;
+    if (op_class[fn->ins[m].op] == OC_REDUCE)
+      continue;
     for (int q = 0; q < op_nargs[fn->ins[m].op]; q++) {
       int a = fn->ins[m].arg[q];
       Shape as = fn->ins[a].shape;
@@ -1034,6 +1051,30 @@ static bool hoistable(Fn *fn, int j, const int *members, int nm) {
 }
 
 // The fused loop over members[0..nm) (in order); `end` is the first instruction after the run.
+// A float accumulator at the top of loop l, 0 on entry from pre.
+static LLVMValueRef acc_phi(Cg *cg, Loop *l, LLVMBasicBlockRef pre) {
+  LLVMBasicBlockRef here = LLVMGetInsertBlock(cg->b);
+  LLVMPositionBuilder(cg->b, l->head, LLVMGetFirstInstruction(l->head));
+  LLVMValueRef acc = LLVMBuildPhi(cg->b, cg->f32, "acc"), zero = cf32(cg, 0);
+  LLVMAddIncoming(acc, &zero, &pre, 1);
+  LLVMPositionBuilderAtEnd(cg->b, here);
+  return acc;
+}
+
+// a + b that LLVM may reorder (and so vectorize): the order is then fixed by the compiled code
+static LLVMValueRef fadd_reassoc(Cg *cg, LLVMValueRef a, LLVMValueRef b) {
+  LLVMValueRef r = LLVMBuildFAdd(cg->b, a, b, "");
+  LLVMSetFastMathFlags(r, LLVMFastMathAllowReassoc);
+  return r;
+}
+
+enum { MAX_CHUNKS = 64 };  // KRT_MAX_THREADS: krt_parallel's chunks are numbered below it
+
+// A full sum of a member's value (the guard's probe Σ output·0) is a member too: each chunk
+// sums its elements in a register and writes its partial sum; the step adds the partial sums
+// in chunk order (the same bits for the same thread count).
+static bool is_sum_member(Fn *fn, int m) { return op_class[fn->ins[m].op] == OC_REDUCE; }
+
 static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *last_use,
                       int inner_dims) {
   Fn *fn = cg->ir;
@@ -1065,7 +1106,17 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     outer = LLVMBuildMul(cg->b, outer, dim_val(cg, shape.dim[d]), "");
   LLVMValueRef count = split ? outer : numel(cg, shape), lo = ci64(cg, 0), hi = count;
   Outline o = {0};
-  if (worth_sharing(shape)) {
+  LLVMValueRef *part = arena_alloc(sizeof(LLVMValueRef) * (size_t)nm);  // partial sums
+  int *part_of = arena_alloc(sizeof(int) * (size_t)nm);
+  bool share = worth_sharing(shape);
+  for (int k = 0; k < nm; k++)
+    if (is_sum_member(fn, members[k]) && share) {
+      part_of[k] = o.nextra;
+      part[o.nextra] = entry_alloca_of(cg, LLVMArrayType2(cg->f32, MAX_CHUNKS));
+      fill(cg, part[o.nextra++], ci64(cg, MAX_CHUNKS), cf32(cg, 0));
+    }
+  o.extra = part;
+  if (share) {
     // the buffers it reads and writes, and the scalars, pass to the kernel
     int *ids = arena_alloc(sizeof(int) * (size_t)(3 * nm + nm));
     int nids = 0;
@@ -1077,7 +1128,14 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     }
     outline_begin(cg, &o, ids, nids, sc, 3 * nm, &lo, &hi);
   }
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(cg->b);
   Loop lb = {0}, l = loop_from(cg, lo, hi);
+  // sums: acc over the chunk, acc_in over a block (the same when there are no blocks)
+  LLVMValueRef *acc = arena_alloc(sizeof(LLVMValueRef) * (size_t)nm * 3);
+  LLVMValueRef *acc_in = acc + nm, *acc_next = acc + 2 * nm;
+  for (int k = 0; k < nm; k++)
+    if (is_sum_member(fn, members[k]))
+      acc[k] = acc_in[k] = acc_phi(cg, &l, pre);
   LLVMValueRef at = l.iv;  // the element's index
   LLVMValueRef *bc = arena_alloc(sizeof(LLVMValueRef) * (size_t)(3 * nm));
   if (split) {
@@ -1101,7 +1159,11 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
           bc[3 * k + q] = load_at(cg, cg->buf[a], bcast_offset(cg, as, shape, idx));
       }
     LLVMValueRef base = LLVMBuildMul(cg->b, l.iv, ci64(cg, inner), "");
+    LLVMBasicBlockRef pre_block = LLVMGetInsertBlock(cg->b);
     lb = loop_begin(cg, ci64(cg, inner));
+    for (int k = 0; k < nm; k++)
+      if (is_sum_member(fn, members[k]))
+        acc_in[k] = acc_phi(cg, &lb, pre_block);
     at = LLVMBuildAdd(cg->b, base, lb.iv, "");
   }
   for (int k = 0; k < nm; k++) {
@@ -1113,17 +1175,54 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
       v[q] = MEMBER(a) ? val[pos[a - from]] : sc[3 * k + q] ? sc[3 * k + q]
              : bc[3 * k + q] ? bc[3 * k + q] : load_at(cg, cg->buf[a], at);
     }
+    if (is_sum_member(fn, m)) {
+      acc_next[k] = fadd_reassoc(cg, acc_in[k], v[0]);
+      continue;
+    }
     val[k] = ins->op == OP_STORE || ins->op == OP_EXPAND
                  ? v[0] : elementwise(cg, ins->op, v[0], v[1], v[2], ins->arg[1], fn);
     if (ins->op == OP_STORE || last_use[m] >= end || cg->keep[m])
       store_at(cg, val[k], cg->buf[m], at);
   }
-  if (split)
+  if (split) {  // a block's sums join the chunk's
+    LLVMBasicBlockRef latch = LLVMGetInsertBlock(cg->b);
+    for (int k = 0; k < nm; k++)
+      if (is_sum_member(fn, members[k]))
+        LLVMAddIncoming(acc_in[k], &acc_next[k], &latch, 1);
     loop_end(cg, &lb);
+    for (int k = 0; k < nm; k++)
+      if (is_sum_member(fn, members[k]))
+        acc_next[k] = fadd_reassoc(cg, acc[k], acc_in[k]);
+  }
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(cg->b);
+  for (int k = 0; k < nm; k++)
+    if (is_sum_member(fn, members[k]))
+      LLVMAddIncoming(acc[k], &acc_next[k], &latch, 1);
   loop_end(cg, &l);
-  if (o.kernel)
+  for (int k = 0; k < nm; k++) {  // the chunk's sum: its partial, or the result
+    if (!is_sum_member(fn, members[k]))
+      continue;
+    if (o.kernel)
+      store_at(cg, acc[k], part[part_of[k]],
+               LLVMBuildZExt(cg->b, LLVMGetParam(o.kernel, 3), cg->i64, ""));
+    else
+      store_at(cg, acc[k], cg->buf[members[k]], ci64(cg, 0));
+  }
+  if (o.kernel) {
     outline_end(cg, &o, count, split ? 1 : 16,
                 ci64(cg, split ? (inner >= PAR_MIN ? 1 : PAR_MIN / inner) : PAR_MIN));
+    for (int k = 0; k < nm; k++) {  // the partial sums in chunk order
+      if (!is_sum_member(fn, members[k]))
+        continue;
+      LLVMValueRef sum = entry_alloca(cg);
+      LLVMBuildStore(cg->b, cf32(cg, 0), sum);
+      Loop lc = loop_begin(cg, ci64(cg, MAX_CHUNKS));
+      LLVMBuildStore(cg->b, LLVMBuildFAdd(cg->b, LLVMBuildLoad2(cg->b, cg->f32, sum, ""),
+                                          load_at(cg, part[part_of[k]], lc.iv), ""), sum);
+      loop_end(cg, &lc);
+      store_at(cg, LLVMBuildLoad2(cg->b, cg->f32, sum, ""), cg->buf[members[k]], ci64(cg, 0));
+    }
+  }
 #undef MEMBER
 }
 
@@ -1281,8 +1380,19 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
       for (; j < ir->len; j++) {
         if (cg->guard && j == cg->p->train_gsq + 1)
           break;  // the guard comes between Σ g² and the update
-        if (feeds_reduction(cg, j, last_use))
+        if (feeds_reduction(cg, j, last_use)) {
+          // a full sum of it (a guard probe) joins the run: one pass instead of two, and
+          // the run goes on after it
+          if (ir->ins[j + 1].op == OP_SUM && ir->ins[j + 1].axis < 0 &&
+              fusable(ir, j, &next, true, &in_j) && shape_eq(next, shape) &&
+              (in_j >= inner || block_size(shape, in_j) >= 16) && !bcast_clash(cg, members, nm, j)) {
+            inner = in_j < inner ? in_j : inner;
+            members[nm++] = j, members[nm++] = j + 1;
+            j++;
+            continue;
+          }
           break;  // j is better computed inside the reduction's loop, never stored
+        }
         if (fusable(ir, j, &next, true, &in_j) && shape_eq(next, shape) &&
             (in_j >= inner || block_size(shape, in_j) >= 16) && !bcast_clash(cg, members, nm, j)) {
           inner = in_j < inner ? in_j : inner;

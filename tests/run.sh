@@ -358,6 +358,13 @@ if [ "$only" = all ] || [ "$only" = e2e ]; then
   (cd tests/e2e && "$KEEL_ABS" run overflow.nn --out "$TMP/of") > "$TMP/of.log" 2>&1
   grep -q "discarded: the loss was NaN (first non-finite value: the output of dense1)" "$TMP/of.log" &&
     ok || fail "overflow: the guard did not name the output of dense1"
+  # the same for a convolution, whose probe is summed inside the loop that adds its bias, in
+  # chunks when there are two threads
+  for t in 1 2; do
+    (cd tests/e2e && "$KEEL_ABS" run overflow_conv.nn --threads $t --out "$TMP/ofc") > "$TMP/ofc.log" 2>&1
+    grep -q "discarded: the loss was NaN (first non-finite value: the output of conv1)" "$TMP/ofc.log" &&
+      ok || fail "overflow_conv --threads $t: the guard did not name the output of conv1"
+  done
   # early stopping on labels that are noise: it fires and the best epoch's weights come back
   (cd tests/e2e && "$KEEL_ABS" run early_stop.nn --out "$TMP/es") > "$TMP/es.log" 2>&1 && ok ||
     fail "early_stop: keel run failed"
