@@ -444,6 +444,7 @@ static LLVMValueRef elementwise(Cg *cg, Op op, LLVMValueRef a, LLVMValueRef b, L
 // reads, one 8-byte cell each, in the step function's frame.
 
 enum { PAR_MIN = 8192 };  // floats per chunk at the least: below, one thread does it all
+enum { MAX_CHUNKS = 64 };  // KRT_MAX_THREADS: krt_parallel's chunks are numbered below it
 
 static LLVMValueRef cell_at(Cg *cg, LLVMValueRef env, int k) {
   LLVMValueRef idx = ci64(cg, k);
@@ -850,6 +851,34 @@ static void gen_ins(Cg *cg, int i) {
       Shape outer = {.rank = as.rank - k}, block = {.rank = k};
       for (int d = 0; d < as.rank; d++)
         d < as.rank - k ? (outer.dim[d] = as.dim[d]) : (block.dim[d - outer.rank] = as.dim[d]);
+      if (outer.rank == 2 && outer.dim[0] == DIM_N && outer.dim[1] != DIM_N &&
+          outer.dim[1] * MAX_CHUNKS <= 16384 && shape_numel(ins->shape, 1) == outer.dim[1] &&
+          worth_sharing(as)) {
+        // per channel over the samples ([n, c, h, w] → [c, 1, 1]): samples on the pool, each
+        // chunk's sums per channel kept apart and added in chunk order
+        LLVMValueRef C = ci64(cg, outer.dim[1]), len = numel(cg, block);
+        LLVMValueRef part = entry_alloca_of(cg, LLVMArrayType2(cg->f32, (uint64_t)outer.dim[1] * MAX_CHUNKS));
+        fill(cg, part, ci64(cg, outer.dim[1] * MAX_CHUNKS), cf32(cg, 0));
+        int ids[2] = {i, ins->arg[0]};
+        Outline o = {.extra = &part, .nextra = 1};
+        LLVMValueRef lo, hi;
+        outline_begin(cg, &o, ids, 2, NULL, 0, &lo, &hi);
+        LLVMValueRef acc = entry_alloca(cg);
+        LLVMValueRef mine = gep(cg, part, LLVMBuildMul(B, LLVMBuildZExt(B, LLVMGetParam(o.kernel, 3), cg->i64, ""), C, ""));
+        Loop ls = loop_from(cg, lo, hi), lc = loop_begin(cg, C);
+        LLVMValueRef row = LLVMBuildAdd(B, LLVMBuildMul(B, ls.iv, C, ""), lc.iv, "");
+        reduce_rows(cg, OP_SUM, cg->buf[ins->arg[0]], acc, ci64(cg, 1), len, false, -1, row);
+        store_at(cg, LLVMBuildFAdd(B, load_at(cg, mine, lc.iv), LLVMBuildLoad2(B, cg->f32, acc, ""), ""),
+                 mine, lc.iv);
+        loop_end(cg, &lc), loop_end(cg, &ls);
+        int64_t per_sample = outer.dim[1] * shape_numel(block, 1);
+        outline_end(cg, &o, o.outer_n, 1, ci64(cg, per_sample >= PAR_MIN ? 1 : PAR_MIN / per_sample));
+        Loop lt = loop_begin(cg, ci64(cg, MAX_CHUNKS)), lc2 = loop_begin(cg, C);
+        LLVMValueRef t = load_at(cg, part, LLVMBuildAdd(B, LLVMBuildMul(B, lt.iv, C, ""), lc2.iv, ""));
+        store_at(cg, LLVMBuildFAdd(B, load_at(cg, dst, lc2.iv), t, ""), dst, lc2.iv);
+        loop_end(cg, &lc2), loop_end(cg, &lt);
+        return;
+      }
       Loop loops[MAX_RANK];
       LLVMValueRef idx[MAX_RANK];
       for (int d = 0; d < outer.rank; d++)
@@ -1067,8 +1096,6 @@ static LLVMValueRef fadd_reassoc(Cg *cg, LLVMValueRef a, LLVMValueRef b) {
   LLVMSetFastMathFlags(r, LLVMFastMathAllowReassoc);
   return r;
 }
-
-enum { MAX_CHUNKS = 64 };  // KRT_MAX_THREADS: krt_parallel's chunks are numbered below it
 
 // A full sum of a member's value (the guard's probe Σ output·0) is a member too: each chunk
 // sums its elements in a register and writes its partial sum; the step adds the partial sums
