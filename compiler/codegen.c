@@ -945,10 +945,11 @@ static void gen_ins(Cg *cg, int i) {
   case OP_AVGPOOL_DX: {
     Shape x = ins->op == OP_AVGPOOL_DX ? ins->shape : fn->ins[ins->arg[0]].shape;
     LLVMValueRef nc = LLVMBuildMul(B, dim_val(cg, x.dim[0]), ci64(cg, x.dim[1]), "");
-    LLVMValueRef rest[6] = {nc, ci64(cg, x.dim[2]), ci64(cg, x.dim[3]), ci64(cg, ins->attr[0]),
-                            ci64(cg, ins->attr[1]), ci64(cg, ins->attr[2])};
-    LLVMTypeRef pt[9] = {cg->ptr, cg->ptr, cg->ptr, cg->i64, cg->i64, cg->i64, cg->i64, cg->i64, cg->i64};
-    LLVMValueRef args[9];
+    LLVMValueRef rest[7] = {nc, ci64(cg, x.dim[2]), ci64(cg, x.dim[3]), ci64(cg, ins->attr[0]),
+                            ci64(cg, ins->attr[1]), ci64(cg, ins->attr[2]), ci64(cg, ins->attr[3])};
+    LLVMTypeRef pt[10] = {cg->ptr, cg->ptr, cg->ptr, cg->i64, cg->i64, cg->i64, cg->i64, cg->i64,
+                          cg->i64, cg->i64};
+    LLVMValueRef args[10];
     int k = 0;
     args[k++] = cg->buf[ins->arg[0]];
     bool two = ins->op == OP_MAXPOOL_DX || ins->op == OP_MAXPOOL_GATHER;
@@ -959,7 +960,7 @@ static void gen_ins(Cg *cg, int i) {
     const char *name = ins->op == OP_MAXPOOL ? "krt_maxpool" : ins->op == OP_AVGPOOL ? "krt_avgpool"
                        : ins->op == OP_MAXPOOL_DX ? "krt_maxpool_dx"
                        : ins->op == OP_MAXPOOL_GATHER ? "krt_maxpool_gather" : "krt_avgpool_dx";
-    call(cg, name, cg->vd, two ? pt : pt + 1, k + 6, args);
+    call(cg, name, cg->vd, two ? pt : pt + 1, k + 6 + (ins->op == OP_MAXPOOL_DX), args);
     return;
   }
   default: die("codegen: %s", op_names[ins->op]);

@@ -91,7 +91,7 @@ static void pool_loops(Op op, double *x, double *y, double *dx, const int64_t *d
           *out = best;
         else if (op == OP_AVGPOOL)
           *out = sum / (at[0] * at[0]);
-        else if (op == OP_MAXPOOL_DX && arg >= 0)
+        else if (op == OP_MAXPOOL_DX && arg >= 0 && (!at[3] || best > 0))
           dx[arg] += *out;
         else if (op == OP_MAXPOOL_GATHER)  // dx holds g here; *out receives g at the max
           *out = arg >= 0 ? dx[arg] : 0;

@@ -562,8 +562,8 @@ void ir_print(FILE *out, Prog *p, Fn *fn) {
       len += snprintf(buf + len, sizeof buf - len, " stride=%d pad=%d dilation=%d",
                       ins->attr[0], ins->attr[1], ins->attr[2]);
     if (ins->op >= OP_MAXPOOL)
-      len += snprintf(buf + len, sizeof buf - len, " kernel=%d stride=%d pad=%d", ins->attr[0],
-                      ins->attr[1], ins->attr[2]);
+      len += snprintf(buf + len, sizeof buf - len, " kernel=%d stride=%d pad=%d%s", ins->attr[0],
+                      ins->attr[1], ins->attr[2], ins->attr[3] ? " where max>0" : "");
     fprintf(out, "  %-40s %-14s", buf, shape_str(ins->shape));
     if (ins->layer)
       fprintf(out, " # %s", ins->layer);

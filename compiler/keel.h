@@ -181,7 +181,9 @@ typedef struct {
   int input;        // OP_INPUT: an InputKind
   int tensor;       // OP_TENSOR, OP_STORE: index into Prog.tensors
   int seq;          // OP_RAND: stream number, distinct per rand in the program
-  int attr[3];      // images: {stride, pad, dilation} (conv) or {kernel, stride, pad} (pool)
+  int attr[4];      // images: {stride, pad, dilation} (conv) or {kernel, stride, pad} (pool);
+                    // attr[3], MAXPOOL_DX only: 1 = the gradient only where the maximum is
+                    // above 0 (a relu before the pool, folded in by ir_fold_relu_pool)
   Pos pos;          // where in the source this came from
   const char *layer;  // the layer instance it belongs to ("dense1"), or NULL
 } Ins;
@@ -268,6 +270,7 @@ void ad_grad(Fn *fn, int loss, const int *wrt, int nwrt, int *grads);
 // Common subexpressions and dead code; *roots[i] are values to keep, updated to their new
 // numbers (every STORE is kept too).
 void ir_simplify(Fn *fn, int **roots, int nroots);
+void ir_fold_relu_pool(Fn *fn);
 
 // ---------------------------------------------------------------------------------------------
 // interp.c — a reference interpreter in double precision (tests and gradient checks)

@@ -1515,6 +1515,7 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
   roots[0] = &p->train_loss, roots[1] = &p->train_out, roots[2] = &p->train_gsq;
   for (int i = 0; i < p->nprobes; i++)
     roots[3 + i] = &p->probe_val[i];
+  ir_fold_relu_pool(p->train);
   ir_simplify(p->train, roots, 3 + p->nprobes);
   ir_verify(p->train);
 

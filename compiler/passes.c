@@ -21,6 +21,32 @@ static bool same_ins(const Ins *a, const Ins *b) {
          a->input == b->input && a->tensor == b->tensor && !memcmp(a->attr, b->attr, sizeof a->attr);
 }
 
+static bool is_zero(Fn *fn, int v) { return fn->ins[v].op == OP_CONST && fn->ins[v].imm == 0; }
+
+// relu then max pooling, backward: select(x > 0, maxpool_dx(max(x, 0), g), 0) is
+// maxpool_dx(max(x, 0), g) that keeps each window's gradient only where its maximum is above 0
+// (max(x, 0) > 0 exactly where x > 0): one pass over the image instead of three, and x (the
+// relu's input) no longer kept for the backward pass. The select becomes that MAXPOOL_DX;
+// ir_simplify then drops the unmasked one and the comparison. After autodiff only: the folded
+// op has no adjoint of its own.
+void ir_fold_relu_pool(Fn *fn) {
+  for (int i = 0; i < fn->len; i++) {
+    Ins *s = &fn->ins[i];
+    if (s->op != OP_SELECT || !is_zero(fn, s->arg[2]))
+      continue;
+    Ins *gt = &fn->ins[s->arg[0]], *dx = &fn->ins[s->arg[1]];
+    if (gt->op != OP_GT || !is_zero(fn, gt->arg[1]) || dx->op != OP_MAXPOOL_DX || dx->attr[3])
+      continue;
+    Ins *relu = &fn->ins[dx->arg[0]];
+    if (relu->op != OP_MAX || relu->arg[0] != gt->arg[0] || !is_zero(fn, relu->arg[1]))
+      continue;
+    Ins folded = *dx;
+    folded.attr[3] = 1;
+    folded.pos = s->pos, folded.layer = dx->layer;
+    *s = folded;
+  }
+}
+
 void ir_simplify(Fn *fn, int **roots, int nroots) {
   int n = fn->len;
   int *repl = malloc(sizeof(int) * (size_t)n);

@@ -251,11 +251,12 @@ typedef struct {
   const float *x, *g;
   float *y;
   int64_t h, w, k, s, p, oh, ow;
+  bool relu;  // maxpool_dx: only where the maximum is above 0
 } Pool;
 
 static Pool pool_args(const float *x, const float *g, float *y, int64_t h, int64_t w, int64_t k,
                       int64_t s, int64_t p) {
-  return (Pool){x, g, y, h, w, k, s, p, out_size(h, k, s, p, 1), out_size(w, k, s, p, 1)};
+  return (Pool){x, g, y, h, w, k, s, p, out_size(h, k, s, p, 1), out_size(w, k, s, p, 1), false};
 }
 
 // Shares planes among the threads, at least about 16k input floats per chunk.
@@ -296,7 +297,7 @@ static void maxpool_dx_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
   const Pool *a = ctx;
   int64_t h = a->h, w = a->w, oh = a->oh, ow = a->ow;
   float *dx = a->y;
-  bool two = two_by_two(a->k, a->s, a->p);
+  bool two = two_by_two(a->k, a->s, a->p), relu = a->relu;
   if (!two || h % 2 || w % 2)  // rows or columns no window covers, or windows that overlap
     memset(dx + lo * h * w, 0, sizeof(float) * (size_t)((hi - lo) * h * w));
   for (int64_t m = lo; m < hi; m++)
@@ -307,23 +308,25 @@ static void maxpool_dx_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
         float *du = dx + (m * h + 2 * r) * w, *db = du + w;
         for (int64_t q = 0; q < ow; q++) {
           int one[4];
-          argmax4(u[2 * q], u[2 * q + 1], b[2 * q], b[2 * q + 1], one);
-          du[2 * q] = keep(g[q], one[0]), du[2 * q + 1] = keep(g[q], one[1]);
-          db[2 * q] = keep(g[q], one[2]), db[2 * q + 1] = keep(g[q], one[3]);
+          float top = argmax4(u[2 * q], u[2 * q + 1], b[2 * q], b[2 * q + 1], one);
+          int on = !relu | (top > 0);  // (a NaN maximum is not above 0)
+          du[2 * q] = keep(g[q], one[0] & on), du[2 * q + 1] = keep(g[q], one[1] & on);
+          db[2 * q] = keep(g[q], one[2] & on), db[2 * q + 1] = keep(g[q], one[3] & on);
         }
         continue;
       }
       for (int64_t q = 0; q < ow; q++) {
         int64_t arg = window_argmax(a->x, m, r, q, h, w, a->k, a->s, a->p);
-        if (arg >= 0)
+        if (arg >= 0 && (!a->relu || a->x[arg] > 0))
           dx[arg] += g[q];
       }
     }
 }
 
 void krt_maxpool_dx(const float *x, const float *dy, float *dx, int64_t nc, int64_t h,
-                    int64_t w, int64_t k, int64_t s, int64_t p) {
+                    int64_t w, int64_t k, int64_t s, int64_t p, int64_t relu) {
   Pool a = pool_args(x, dy, dx, h, w, k, s, p);
+  a.relu = relu != 0;
   pool_planes(maxpool_dx_chunk, &a, nc);
 }
 

@@ -463,8 +463,9 @@ void krt_conv2d_dw(const float *x, const float *dy, float *dw, int64_t n, int64_
 // Pooling over k × k windows of nc = n·c planes of h × w, stride s, padding p.
 void krt_maxpool(const float *x, float *y, int64_t nc, int64_t h, int64_t w, int64_t k,
                  int64_t s, int64_t p);
+// relu != 0: a window's gradient only where its maximum is above 0 (x is a relu's output)
 void krt_maxpool_dx(const float *x, const float *dy, float *dx, int64_t nc, int64_t h,
-                    int64_t w, int64_t k, int64_t s, int64_t p);
+                    int64_t w, int64_t k, int64_t s, int64_t p, int64_t relu);
 void krt_maxpool_gather(const float *x, const float *g, float *y, int64_t nc, int64_t h,
                         int64_t w, int64_t k, int64_t s, int64_t p);
 void krt_avgpool(const float *x, float *y, int64_t nc, int64_t h, int64_t w, int64_t k,

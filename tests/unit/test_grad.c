@@ -219,6 +219,8 @@ static const char *leaf_name(Fn *fn, int v) {
   return str_fmt("%%%d", v);
 }
 
+static bool fold_relu_pool;  // also run ir_fold_relu_pool on the backward pass, as lower.c does
+
 // ad_grad + ir_verify + one interpreter run; C.grad[k] gets the gradient of wrt[k], with
 // wrt[k]'s shape (a zero-constant gradient is spread over it).
 static void analytic(const char *name, Fn *fn, int loss, const int *wrt, int nwrt, int64_t n,
@@ -226,6 +228,13 @@ static void analytic(const char *name, Fn *fn, int loss, const int *wrt, int nwr
   if (nwrt > MAXW)
     die("test_grad: more than %d wrt", MAXW);
   ad_grad(fn, loss, wrt, nwrt, grads);
+  if (fold_relu_pool) {
+    ir_fold_relu_pool(fn);
+    bool folded = false;
+    for (int i = fn->nfwd; i < fn->len; i++)
+      folded |= fn->ins[i].op == OP_MAXPOOL_DX && fn->ins[i].attr[3];
+    CHECK(folded, "%s: ir_fold_relu_pool folded no relu into a maxpool_dx", name);
+  }
   ir_verify(fn);
   for (int i = 0; i < fn->nfwd; i++)
     covered[fn->ins[i].op] = true;
@@ -754,15 +763,23 @@ static void test_images(void) {
   dy = tensor(S4(2, 2, 3, 3), G_ANY);
   loss = loss_of(image_op(OP_AVGPOOL_DX, dy, -1, S4(2, 2, 6, 5), 3, 2, 1));
   check_grad(C.name, C.fn, loss, WRT(dy), C.n);
-  // a small CNN: conv → relu → maxpool → mean over the image → dense
-  begin("conv → relu → maxpool → global mean → matmul, x [n,1,6,6], n = 2", 2);
-  x = input(IN_X, S4(N_, 1, 6, 6), G_ANY, 0), w = tensor(S4(3, 1, 3, 3), G_ANY);
-  int h = op2(OP_MAX, ir_conv2d(C.fn, x, w, 1, 1, 1), konst(0));
-  h = ir_pool(C.fn, OP_MAXPOOL, h, 2, 2, 0);
-  h = ir_reduce(C.fn, OP_MEAN, ir_reduce(C.fn, OP_MEAN, h, 3), 2);
-  int v = tensor(S2(2, 3), G_ANY);
-  loss = loss_of(ir_matmul(C.fn, h, v, 0, 1));
-  check_grad(C.name, C.fn, loss, WRT(x, w, v), C.n);
+  // a small CNN: conv → relu → maxpool → mean over the image → dense; then the same with
+  // the relu folded into the pooling's backward pass (maxpool_dx where max>0), for 2×2 and
+  // for overlapping padded windows
+  for (int fold = 0; fold < 3; fold++) {
+    int k = fold == 2 ? 3 : 2, s = 2, p = fold == 2;
+    begin(str_fmt("conv → relu → maxpool %d stride %d pad %d → global mean → matmul, "
+                  "x [n,1,6,6], n = 2%s", k, s, p, fold ? ", relu folded" : ""), 2);
+    fold_relu_pool = fold > 0;
+    x = input(IN_X, S4(N_, 1, 6, 6), G_ANY, 0), w = tensor(S4(3, 1, 3, 3), G_ANY);
+    int h = op2(OP_MAX, ir_conv2d(C.fn, x, w, 1, 1, 1), konst(0));
+    h = ir_pool(C.fn, OP_MAXPOOL, h, k, s, p);
+    h = ir_reduce(C.fn, OP_MEAN, ir_reduce(C.fn, OP_MEAN, h, 3), 2);
+    int v = tensor(S2(2, 3), G_ANY);
+    loss = loss_of(ir_matmul(C.fn, h, v, 0, 1));
+    check_grad(C.name, C.fn, loss, WRT(x, w, v), C.n);
+    fold_relu_pool = false;
+  }
 }
 
 int main(void) {
