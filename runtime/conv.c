@@ -246,6 +246,78 @@ static inline float keep(float g, int on) {
 
 static bool two_by_two(int64_t k, int64_t s, int64_t p) { return k == 2 && s == 2 && p == 0; }
 
+// The same, N windows at a time (GCC's vector extensions; AVX2 where the CPU has it, through
+// the target_clones of the callers): the four entries of each window deinterleaved from the
+// two rows, the maximum and the first maximum's position lane by lane with exactly the rules
+// of argmax4, the gradient's four entries interleaved back. A window with a NaN gives a lane
+// in the returned mask, and the caller redoes the row with argmax4.
+// (always inlined into the clones, so the ABI of a vector argument never matters: -Wpsabi off)
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float F8 __attribute__((vector_size(32)));
+typedef int32_t I8 __attribute__((vector_size(32)));
+typedef float F4 __attribute__((vector_size(16)));
+typedef int32_t I4 __attribute__((vector_size(16)));
+
+#define POOL2(NAME, F, I, N, EVEN, ODD, ILO, IHI)                                               \
+  static inline __attribute__((always_inline)) I NAME(const float *u, const float *b, int64_t q,  \
+                       float *o, const float *g, float *du, float *db, bool relu) {             \
+    F u0, u1, b0, b1;                                                                            \
+    memcpy(&u0, u + 2 * q, sizeof u0), memcpy(&u1, u + 2 * q + N, sizeof u1);                    \
+    memcpy(&b0, b + 2 * q, sizeof b0), memcpy(&b1, b + 2 * q + N, sizeof b1);                    \
+    F a0 = __builtin_shuffle(u0, u1, EVEN), a1 = __builtin_shuffle(u0, u1, ODD);                \
+    F a2 = __builtin_shuffle(b0, b1, EVEN), a3 = __builtin_shuffle(b0, b1, ODD);                \
+    I gt01 = a1 > a0, gt23 = a3 > a2; /* max2(a, b) = b > a ? b : a */                          \
+    F m01 = (F)((gt01 & (I)a1) | (~gt01 & (I)a0)), m23 = (F)((gt23 & (I)a3) | (~gt23 & (I)a2)); \
+    I gt = m23 > m01;                                                                            \
+    F m = (F)((gt & (I)m23) | (~gt & (I)m01));                                                   \
+    if (o) {                                                                                     \
+      memcpy(o + q, &m, sizeof m);                                                               \
+    } else {                                                                                     \
+      I e0 = a0 == m, e1 = (a1 == m) & ~e0, e2 = (a2 == m) & ~(e0 | e1), e3 = ~(e0 | e1 | e2);   \
+      if (relu) {                                                                                \
+        I on = m > 0;                                                                            \
+        e0 &= on, e1 &= on, e2 &= on, e3 &= on;                                                  \
+      }                                                                                          \
+      I gv;                                                                                      \
+      memcpy(&gv, g + q, sizeof gv);                                                             \
+      I d0 = gv & e0, d1 = gv & e1, d2 = gv & e2, d3 = gv & e3;                                  \
+      I t0 = __builtin_shuffle(d0, d1, ILO), t1 = __builtin_shuffle(d0, d1, IHI);                \
+      I t2 = __builtin_shuffle(d2, d3, ILO), t3 = __builtin_shuffle(d2, d3, IHI);                \
+      memcpy(du + 2 * q, &t0, sizeof t0), memcpy(du + 2 * q + N, &t1, sizeof t1);                \
+      memcpy(db + 2 * q, &t2, sizeof t2), memcpy(db + 2 * q + N, &t3, sizeof t3);                \
+    }                                                                                            \
+    return (u0 != u0) | (u1 != u1) | (b0 != b0) | (b1 != b1);                                    \
+  }
+POOL2(pool2_8, F8, I8, 8, ((I8){0, 2, 4, 6, 8, 10, 12, 14}), ((I8){1, 3, 5, 7, 9, 11, 13, 15}),
+      ((I8){0, 8, 1, 9, 2, 10, 3, 11}), ((I8){4, 12, 5, 13, 6, 14, 7, 15}))
+POOL2(pool2_4, F4, I4, 4, ((I4){0, 2, 4, 6}), ((I4){1, 3, 5, 7}), ((I4){0, 4, 1, 5}),
+      ((I4){2, 6, 3, 7}))
+
+// The ow windows of the row pair u, b: the maximum into o (forward), or the gradient g into
+// du, db (backward, o NULL). N at a time, the last N overlapping the ones before (a window done
+// twice writes the same values). False where the row is too short (under 4 windows) or holds
+// a NaN: the caller then does it with argmax4.
+static inline __attribute__((always_inline)) bool pool2_row(const float *u, const float *b, int64_t ow, float *o, const float *g,
+                             float *du, float *db, bool relu) {
+  if (ow >= 8) {
+    I8 bad = {0};
+    for (int64_t q = 0;; q += 8) {
+      q = q > ow - 8 ? ow - 8 : q;
+      bad |= pool2_8(u, b, q, o, g, du, db, relu);
+      if (q == ow - 8)
+        break;
+    }
+    for (int k = 1; k < 8; k++)
+      bad[0] |= bad[k];
+    return !bad[0];
+  }
+  if (ow >= 4) {
+    I4 bad = pool2_4(u, b, 0, o, g, du, db, relu) | pool2_4(u, b, ow - 4, o, g, du, db, relu);
+    return !(bad[0] | bad[1] | bad[2] | bad[3]);
+  }
+  return false;
+}
+
 // The arguments of a pooling kernel; the pool shares out the planes.
 typedef struct {
   const float *x, *g;
@@ -265,6 +337,9 @@ static void pool_planes(KrtTask *fn, Pool *a, int64_t nc) {
   krt_parallel(fn, a, nc, 1, plane >= 16384 ? 1 : 16384 / plane);
 }
 
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("default", "arch=x86-64-v3")))
+#endif
 static void maxpool_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
   const Pool *a = ctx;
   int64_t h = a->h, w = a->w, oh = a->oh, ow = a->ow;
@@ -273,6 +348,8 @@ static void maxpool_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
       float *o = a->y + (m * oh + r) * ow;
       if (two_by_two(a->k, a->s, a->p)) {
         const float *u = a->x + (m * h + 2 * r) * w, *b = u + w;
+        if (pool2_row(u, b, ow, o, NULL, NULL, NULL, false))
+          continue;
         for (int64_t q = 0; q < ow; q++) {
           int one[4];
           o[q] = argmax4(u[2 * q], u[2 * q + 1], b[2 * q], b[2 * q + 1], one);
@@ -293,6 +370,9 @@ void krt_maxpool(const float *x, float *y, int64_t nc, int64_t h, int64_t w, int
 }
 
 // dx (here a.y) gets each window's gradient (a.g) at its first maximum, zeros elsewhere.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("default", "arch=x86-64-v3")))
+#endif
 static void maxpool_dx_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
   const Pool *a = ctx;
   int64_t h = a->h, w = a->w, oh = a->oh, ow = a->ow;
@@ -306,6 +386,8 @@ static void maxpool_dx_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
       if (two) {  // disjoint windows: each of the four entries written once
         const float *u = a->x + (m * h + 2 * r) * w, *b = u + w;
         float *du = dx + (m * h + 2 * r) * w, *db = du + w;
+        if (pool2_row(u, b, ow, NULL, g, du, db, relu))
+          continue;
         for (int64_t q = 0; q < ow; q++) {
           int one[4];
           float top = argmax4(u[2 * q], u[2 * q + 1], b[2 * q], b[2 * q + 1], one);

@@ -2280,6 +2280,62 @@ static void test_conv_kernels(void) {
   }
 }
 
+// Max pooling against direct loops, bit for bit: the maximum, and the gradient at each window's
+// first maximum (a NaN wins, the first of them), with and without the relu mask (only where
+// the maximum is above 0). Widths give rows of 2 to 17 windows (the kernels' vector paths take
+// 8 or 4 windows at a time, overlapping at the row's end); values repeat (ties), some are 0,
+// -0 or negative, and one plane holds NaNs.
+static void test_pool_kernels(void) {
+  enum { NC = 6, H = 8, WMAX = 34 };
+  static float x[NC * H * WMAX], g[NC * H * WMAX], y[NC * H * WMAX], dx[NC * H * WMAX];
+  int widths[] = {4, 6, 10, 14, 16, 22, 34}, cfg[][3] = {{2, 2, 0}, {3, 2, 1}};
+  for (int threads = 1; threads <= 3; threads += 2) {
+    krt_threads_start(threads);
+    for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++)
+      for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++)
+        for (int relu = 0; relu < 2; relu++) {
+          int W = widths[wi], k = cfg[c][0], s = cfg[c][1], p = cfg[c][2];
+          int oh = (H + 2 * p - k) / s + 1, ow = (W + 2 * p - k) / s + 1;
+          for (int i = 0; i < NC * H * W; i++) {
+            x[i] = (float)(krt_hash(7, (uint64_t)i) % 5) / 2 - 1;  // -1 .. 1: many ties
+            if (relu)
+              x[i] = x[i] > 0 ? x[i] : i % 3 ? 0.0f : -0.0f;
+            if (i / (H * W) == 2 && i % 7 == 3)
+              x[i] = NAN;
+          }
+          for (int i = 0; i < NC * oh * ow; i++)
+            g[i] = (float)((i * 13) % 17) / 8 - 1;
+          krt_maxpool(x, y, NC, H, W, k, s, p);
+          krt_maxpool_dx(x, g, dx, NC, H, W, k, s, p, relu);
+          int bad = 0;
+          static float rdx[NC * H * WMAX];
+          memset(rdx, 0, sizeof rdx);
+          for (int m = 0; m < NC; m++)
+            for (int r = 0; r < oh; r++)
+              for (int q = 0; q < ow; q++) {
+                int arg = -1;
+                for (int i = 0; i < k; i++)
+                  for (int j = 0; j < k; j++) {
+                    int yy = r * s - p + i, xx = q * s - p + j;
+                    if (yy < 0 || yy >= H || xx < 0 || xx >= W)
+                      continue;
+                    int e = (m * H + yy) * W + xx;
+                    if (arg < 0 || x[e] > x[arg] || (isnan(x[e]) && !isnan(x[arg])))
+                      arg = e;
+                  }
+                int o = (m * oh + r) * ow + q;
+                bad += memcmp(&y[o], &x[arg], sizeof(float)) != 0;
+                if (!relu || x[arg] > 0)
+                  rdx[arg] += g[o];
+              }
+          for (int i = 0; i < NC * H * W; i++)
+            bad += memcmp(&dx[i], &rdx[i], sizeof(float)) != 0;
+          CHECK(bad == 0, "maxpool k %d stride %d pad %d on width %d%s, %d threads: %d values differ",
+                k, s, p, W, relu ? ", relu mask" : "", threads, bad);
+        }
+  }
+}
+
 int main(void) {
   snprintf(tmp, sizeof tmp, "/tmp/keel_test_runtime.XXXXXX");
   if (!mkdtemp(tmp)) {
@@ -2304,6 +2360,7 @@ int main(void) {
   test_resume();
   test_resume_refused();
   test_conv_kernels();  // first: it starts with one thread
+  test_pool_kernels();
   test_threads();
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
