@@ -48,6 +48,13 @@ void krt_write_atomic(const char *path, void (*write)(FILE *f, void *ctx), void 
 
 // A 64-bit mix of key and counter (the splitmix64 finalizer applied to key + counter·φ).
 uint64_t krt_hash(uint64_t key, uint64_t counter);
+// The same, inlined (loops over many values).
+static inline uint64_t krt_mix(uint64_t key, uint64_t counter) {
+  uint64_t z = key + (counter + 1) * 0x9E3779B97F4A7C15ull;  // φ·2^64, the golden-ratio step
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
 // Uniform in [0, 1) with 24 random bits: (krt_hash(key, counter) >> 40) * 2^-24.
 float krt_uniform(uint64_t key, uint64_t counter);
 // Standard normal by Box–Muller from counters 2c and 2c+1.

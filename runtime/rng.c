@@ -10,13 +10,8 @@
 
 #include <math.h>
 
-// The mix, inlined into the loops below.
-static inline uint64_t mix(uint64_t key, uint64_t counter) {
-  uint64_t z = key + (counter + 1) * 0x9E3779B97F4A7C15ull;  // φ·2^64, the golden-ratio step
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+// The mix (keelrt.h), inlined into the loops below.
+#define mix krt_mix
 
 uint64_t krt_hash(uint64_t key, uint64_t counter) { return mix(key, counter); }
 

@@ -1872,7 +1872,7 @@ static void test_resume(void) {
             strcmp(krt_st_meta(&f, "producer"), "keel") == 0 &&
             strcmp(krt_st_meta(&f, "keel_program"), "prog-1") == 0,
         "the checkpoint's metadata");
-  CHECK(state && num(state, "version") == 1 && str_is(state, "seed", "11") &&
+  CHECK(state && num(state, "version") == 2 && str_is(state, "seed", "11") &&
             num(state, "batch_size") == 2 && num(state, "step") == 8 &&
             num(state, "epoch") == 2 && num(state, "batch") == 0 &&
             num(state, "epochs_done") == 2 && num(sums, "samples") == 0 &&
@@ -2151,13 +2151,13 @@ static void test_resume_refused(void) {
                  "final.safetensors and best.safetensors hold weights only, which --init starts "
                  "a new run from)");
   expect_refusal(cfg, path_in("runs/none.safetensors"), "cannot open: No such file or directory");
-  const char *meta[] = {"keel_state", "{\"version\": 1}"};
+  const char *meta[] = {"keel_state", "{\"version\": 2}"};
   char *broken = path_in("broken.safetensors");
   krt_st_write(broken, NULL, 0, meta, 1);
   expect_refusal(cfg, broken, "bad checkpoint state: 'optimizer_state' is missing or malformed");
-  meta[1] = "{\"version\": 2}";
+  meta[1] = "{\"version\": 1}";  // before the data fingerprint in lanes
   krt_st_write(broken, NULL, 0, meta, 1);
-  expect_refusal(cfg, broken, "checkpoint state version 2; this runtime reads version 1");
+  expect_refusal(cfg, broken, "checkpoint state version 1; this runtime reads version 2");
   meta[1] = "[1, 2";
   krt_st_write(broken, NULL, 0, meta, 1);
   expect_refusal(cfg, broken, "bad checkpoint state: keel_state is not a JSON object");
