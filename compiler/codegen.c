@@ -704,6 +704,17 @@ static bool contiguous_reduce(Fn *fn, int i) {
          (ins->axis < 0 || ins->axis == fn->ins[ins->arg[0]].shape.rank - 1);
 }
 
+// Whether an instruction reads a scalar input other than a constant (the step's own values,
+// which a kernel of the pool cannot see).
+static bool reads_input(Fn *fn, int p) {
+  for (int k = 0; k < op_nargs[fn->ins[p].op]; k++) {
+    Ins *a = &fn->ins[fn->ins[p].arg[k]];
+    if (a->shape.rank == 0 && a->op != OP_CONST)
+      return true;
+  }
+  return false;
+}
+
 static void gen_reduce_from(Cg *cg, int i, LLVMValueRef dst, int producer) {
   Fn *fn = cg->ir;
   Ins *ins = &fn->ins[i];
@@ -711,6 +722,24 @@ static void gen_reduce_from(Cg *cg, int i, LLVMValueRef dst, int producer) {
   LLVMValueRef src = cg->buf[ins->arg[0]], outer, len, inner;
   Shape as = fn->ins[ins->arg[0]].shape;
   reduce_dims(cg, as, ins->axis, &outer, &len, &inner);
+  if (contiguous_reduce(fn, i) && ins->axis >= 0 && worth_sharing(as) &&
+      !(producer >= 0 && reads_input(fn, producer))) {
+    // rows on the pool (each row's sum is one thread's, whatever the chunks)
+    int ids[5] = {i, ins->arg[0]}, nids = 2;
+    for (int k = 0; producer >= 0 && k < op_nargs[fn->ins[producer].op]; k++)
+      ids[nids++] = fn->ins[producer].arg[k];
+    Outline o = {0};
+    LLVMValueRef lo, hi, rows = outer;
+    outline_begin(cg, &o, ids, nids, NULL, 0, &lo, &hi);
+    reduce_dims(cg, as, ins->axis, &outer, &len, &inner);  // the kernel's own n
+    LLVMValueRef d = gep(cg, cg->buf[i], lo), cnt = LLVMBuildSub(B, hi, lo, "");
+    reduce_rows(cg, ins->op, cg->buf[ins->arg[0]], d, cnt, len, false, producer, lo);
+    if (ins->op == OP_LSE)
+      reduce_rows(cg, ins->op, cg->buf[ins->arg[0]], d, cnt, len, true, producer, lo);
+    int64_t row = as.dim[as.rank - 1] == DIM_N ? 1 : as.dim[as.rank - 1];
+    outline_end(cg, &o, rows, 1, ci64(cg, row >= PAR_MIN ? 1 : PAR_MIN / row));
+    return;
+  }
   if (contiguous_reduce(fn, i)) {  // contiguous: accumulate in registers
     reduce_rows(cg, ins->op, src, dst, outer, len, false, producer, ci64(cg, 0));
     if (ins->op == OP_LSE)
