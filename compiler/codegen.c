@@ -1044,7 +1044,7 @@ static bool bcast_clash(Cg *cg, const int *members, int nm, int j) {
   Fn *fn = cg->ir;
   for (int k = 0; k <= nm; k++) {
     int m = k < nm ? members[k] : j;
-    if (op_class[fn->ins[m].op] == OC_REDUCE)
+    if (op_class[fn->ins[m].op] == OC_REDUCE || fn->ins[m].op == OP_SUMTO)
       continue;
     for (int q = 0; q < op_nargs[fn->ins[m].op]; q++) {
       int a = fn->ins[m].arg[q];
@@ -1132,8 +1132,24 @@ static LLVMValueRef fadd_reassoc(Cg *cg, LLVMValueRef a, LLVMValueRef b) {
 // in chunk order (the same bits for the same thread count).
 static bool is_sum_member(Fn *fn, int m) { return op_class[fn->ins[m].op] == OC_REDUCE; }
 
+// A per-channel sum ([n, c, …] → [c, 1, …]: a bias's or batchnorm's gradient) of a value of
+// the run's shape is a member too: each block (within one sample and channel) is summed in a
+// register and added to its chunk's partial sum for the channel; the step adds the chunks'
+// partial sums in chunk order. Never stored by the loop, so nothing later in the run reads it.
+static bool chan_sum(Fn *fn, int j, Shape s) {
+  Ins *ins = &fn->ins[j];
+  if (ins->op != OP_SUMTO || !shape_eq(fn->ins[ins->arg[0]].shape, s) || s.rank < 3 ||
+      s.dim[0] != DIM_N || s.dim[1] == DIM_N || s.dim[1] * MAX_CHUNKS > 16384 ||
+      ins->shape.rank != s.rank - 1 || ins->shape.dim[0] != s.dim[1])
+    return false;
+  for (int d = 1; d < ins->shape.rank; d++)
+    if (ins->shape.dim[d] != 1)
+      return false;
+  return true;
+}
+
 static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *last_use,
-                      int inner_dims) {
+                      Shape shape, int inner_dims) {
   Fn *fn = cg->ir;
   int from = members[0];
   int *pos = arena_alloc(sizeof(int) * (size_t)(end - from));  // member index, or -1
@@ -1153,7 +1169,6 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     }
   // The loops: over `outer` blocks of `inner` elements, where an operand that broadcasts
   // (a per-channel statistic) is constant within a block; one flat loop when none does.
-  Shape shape = fn->ins[from].shape;
   int split = shape.rank - inner_dims;  // the dimensions of the outer loop
   int64_t inner = 1;
   for (int d = split; d < shape.rank; d++)
@@ -1166,12 +1181,16 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
   LLVMValueRef *part = arena_alloc(sizeof(LLVMValueRef) * (size_t)nm);  // partial sums
   int *part_of = arena_alloc(sizeof(int) * (size_t)nm);
   bool share = worth_sharing(shape);
-  for (int k = 0; k < nm; k++)
-    if (is_sum_member(fn, members[k]) && share) {
+  int64_t C = shape.rank > 1 ? shape.dim[1] : 1;  // channels, for per-channel sums
+  for (int k = 0; k < nm; k++) {
+    bool chan = fn->ins[members[k]].op == OP_SUMTO;
+    if ((is_sum_member(fn, members[k]) && share) || chan) {
+      int64_t size = chan ? C * MAX_CHUNKS : MAX_CHUNKS;
       part_of[k] = o.nextra;
-      part[o.nextra] = entry_alloca_of(cg, LLVMArrayType2(cg->f32, MAX_CHUNKS));
-      fill(cg, part[o.nextra++], ci64(cg, MAX_CHUNKS), cf32(cg, 0));
+      part[o.nextra] = entry_alloca_of(cg, LLVMArrayType2(cg->f32, (uint64_t)size));
+      fill(cg, part[o.nextra++], ci64(cg, size), cf32(cg, 0));
     }
+  }
   o.extra = part;
   if (share) {
     // the buffers it reads and writes, and the scalars, pass to the kernel
@@ -1185,6 +1204,8 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     }
     outline_begin(cg, &o, ids, nids, sc, 3 * nm, &lo, &hi);
   }
+  LLVMValueRef chunk = o.kernel ? LLVMBuildZExt(cg->b, LLVMGetParam(o.kernel, 3), cg->i64, "")
+                                : ci64(cg, 0);
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(cg->b);
   Loop lb = {0}, l = loop_from(cg, lo, hi);
   // sums: acc over the chunk, acc_in over a block (the same when there are no blocks)
@@ -1195,9 +1216,10 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
       acc[k] = acc_in[k] = acc_phi(cg, &l, pre);
   LLVMValueRef at = l.iv;  // the element's index
   LLVMValueRef *bc = arena_alloc(sizeof(LLVMValueRef) * (size_t)(3 * nm));
+  LLVMValueRef idx[MAX_RANK];
   if (split) {
     // the outer block's index in each outer dimension; the broadcast operands' values
-    LLVMValueRef idx[MAX_RANK], rest = l.iv;
+    LLVMValueRef rest = l.iv;
     for (int d = shape.rank - 1; d >= 0; d--)
       idx[d] = ci64(cg, 0);
     for (int d = split - 1; d > 0; d--) {
@@ -1219,7 +1241,7 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     LLVMBasicBlockRef pre_block = LLVMGetInsertBlock(cg->b);
     lb = loop_begin(cg, ci64(cg, inner));
     for (int k = 0; k < nm; k++)
-      if (is_sum_member(fn, members[k]))
+      if (is_sum_member(fn, members[k]) || fn->ins[members[k]].op == OP_SUMTO)
         acc_in[k] = acc_phi(cg, &lb, pre_block);
     at = LLVMBuildAdd(cg->b, base, lb.iv, "");
   }
@@ -1232,7 +1254,7 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
       v[q] = MEMBER(a) ? val[pos[a - from]] : sc[3 * k + q] ? sc[3 * k + q]
              : bc[3 * k + q] ? bc[3 * k + q] : load_at(cg, cg->buf[a], at);
     }
-    if (is_sum_member(fn, m)) {
+    if (is_sum_member(fn, m) || ins->op == OP_SUMTO) {
       acc_next[k] = fadd_reassoc(cg, acc_in[k], v[0]);
       continue;
     }
@@ -1244,12 +1266,17 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
   if (split) {  // a block's sums join the chunk's
     LLVMBasicBlockRef latch = LLVMGetInsertBlock(cg->b);
     for (int k = 0; k < nm; k++)
-      if (is_sum_member(fn, members[k]))
+      if (is_sum_member(fn, members[k]) || fn->ins[members[k]].op == OP_SUMTO)
         LLVMAddIncoming(acc_in[k], &acc_next[k], &latch, 1);
     loop_end(cg, &lb);
     for (int k = 0; k < nm; k++)
-      if (is_sum_member(fn, members[k]))
+      if (is_sum_member(fn, members[k])) {
         acc_next[k] = fadd_reassoc(cg, acc[k], acc_in[k]);
+      } else if (fn->ins[members[k]].op == OP_SUMTO) {  // into the chunk's sum for channel c
+        LLVMValueRef p = gep(cg, part[part_of[k]],
+                             LLVMBuildAdd(cg->b, LLVMBuildMul(cg->b, chunk, ci64(cg, C), ""), idx[1], ""));
+        LLVMBuildStore(cg->b, LLVMBuildFAdd(cg->b, LLVMBuildLoad2(cg->b, cg->f32, p, ""), acc_in[k], ""), p);
+      }
   }
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(cg->b);
   for (int k = 0; k < nm; k++)
@@ -1260,8 +1287,7 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     if (!is_sum_member(fn, members[k]))
       continue;
     if (o.kernel)
-      store_at(cg, acc[k], part[part_of[k]],
-               LLVMBuildZExt(cg->b, LLVMGetParam(o.kernel, 3), cg->i64, ""));
+      store_at(cg, acc[k], part[part_of[k]], chunk);
     else
       store_at(cg, acc[k], cg->buf[members[k]], ci64(cg, 0));
   }
@@ -1279,6 +1305,16 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
       loop_end(cg, &lc);
       store_at(cg, LLVMBuildLoad2(cg->b, cg->f32, sum, ""), cg->buf[members[k]], ci64(cg, 0));
     }
+  }
+  for (int k = 0; k < nm; k++) {  // per-channel sums: the chunks' partial sums in chunk order
+    if (fn->ins[members[k]].op != OP_SUMTO)
+      continue;
+    LLVMValueRef dst = cg->buf[members[k]];
+    fill(cg, dst, ci64(cg, C), cf32(cg, 0));
+    Loop lt = loop_begin(cg, ci64(cg, MAX_CHUNKS)), lc = loop_begin(cg, ci64(cg, C));
+    LLVMValueRef t = load_at(cg, part[part_of[k]], LLVMBuildAdd(cg->b, LLVMBuildMul(cg->b, lt.iv, ci64(cg, C), ""), lc.iv, ""));
+    store_at(cg, LLVMBuildFAdd(cg->b, load_at(cg, dst, lc.iv), t, ""), dst, lc.iv);
+    loop_end(cg, &lc), loop_end(cg, &lt);
   }
 #undef MEMBER
 }
@@ -1407,6 +1443,9 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
   int *last_use = arena_alloc(sizeof(int) * (size_t)(ir->len + 1));
   int *members = arena_alloc(sizeof(int) * (size_t)(ir->len + 1));
   int *hoisted = arena_alloc(sizeof(int) * (size_t)(ir->len + 1));
+  // per-channel sums in a run, and views of them: their values exist only after the loop
+  bool *pending = arena_alloc(sizeof(bool) * (size_t)(ir->len + 1));
+  memset(pending, 0, sizeof(bool) * (size_t)(ir->len + 1));
   for (int i = 0; i < ir->len; i++)
     for (int k = 0; k < op_nargs[ir->ins[i].op]; k++)
       last_use[ir->ins[i].arg[k]] = i;
@@ -1433,10 +1472,33 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
     Shape shape, next;
     int j = i + 1, nm = 1, nh = 0, inner = 0, in_j;
     members[0] = i;
-    if (fusable(ir, i, &shape, true, &inner) && (inner == shape.rank || block_size(shape, inner) >= 16)) {
+    bool starts = fusable(ir, i, &shape, true, &inner) &&
+                  (inner == shape.rank || block_size(shape, inner) >= 16);
+    if (!starts && ir->ins[i].op == OP_SUMTO) {  // a per-channel sum may open a run
+      shape = ir->ins[ir->ins[i].arg[0]].shape, inner = shape.rank - 2;
+      starts = chan_sum(ir, i, shape) && block_size(shape, inner) >= 16;
+      pending[i] = starts;
+    }
+    if (starts) {
       for (; j < ir->len; j++) {
         if (cg->guard && j == cg->p->train_gsq + 1)
           break;  // the guard comes between Σ g² and the update
+        bool waits = false;  // j reads a sum the loop is still computing
+        for (int k = 0; k < op_nargs[ir->ins[j].op]; k++)
+          waits |= pending[ir->ins[j].arg[k]];
+        if (waits && ir->ins[j].op == OP_RESHAPE) {  // a view of it: no code
+          pending[j] = true;
+          hoisted[nh++] = j;
+          continue;
+        }
+        if (waits)
+          break;
+        if (chan_sum(ir, j, shape) && block_size(shape, inner < shape.rank - 2 ? inner : shape.rank - 2) >= 16) {
+          inner = inner < shape.rank - 2 ? inner : shape.rank - 2;
+          pending[j] = true;
+          members[nm++] = j;
+          continue;
+        }
         if (feeds_reduction(cg, j, last_use)) {
           // a full sum of it (a guard probe) joins the run: one pass instead of two, and
           // the run goes on after it
@@ -1467,7 +1529,7 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
     for (int k = 0; k < nh; k++)
       gen_ins(cg, hoisted[k]);
     if (nm > 1) {
-      gen_fused(cg, members, nm, j, last_use, inner);
+      gen_fused(cg, members, nm, j, last_use, shape, inner);
     } else if (feeds_reduction(cg, i, last_use)) {
       // an elementwise value read only by the reduction after it: computed inside it
       gen_reduce_from(cg, i + 1, cg->buf[i + 1], i);
