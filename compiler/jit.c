@@ -1,16 +1,20 @@
 // jit.c — the generated module, optimized for a target and run in-process (ORC LLJIT) or
 // written out and linked into a standalone trainer (keel build).
 //
-// Both ways go through one TargetMachine: the host CPU and its features unless --target says
-// otherwise (for the host, the loop vectorizer would otherwise aim at SSE2 only), and the same
-// pass pipeline (`pipeline` below). LLJIT is given a JITTargetMachineBuilder made from that very
-// TargetMachine, so the JIT and a built trainer execute the same instructions and train to
-// byte-identical weights. The generated code calls the runtime (krt_*), OpenBLAS and libm;
-// LLJIT finds them in the keel process itself (linked with -rdynamic), a trainer links them.
+// Both ways use the same TargetMachine settings: the host CPU and its features unless
+// --target or --cpu says otherwise (for the host, the loop vectorizer would otherwise aim at
+// SSE2 only), and the same pass pipeline (`pipeline` below), which works function by function.
+// keel run compiles the module in two halves on two threads (compile_halves) and LLJIT links
+// the two objects; keel build compiles it whole. Each function gets the same instructions
+// either way, so the JIT and a built trainer train to byte-identical weights. The generated
+// code calls the runtime (krt_*), OpenBLAS and libm; LLJIT finds them in the keel process
+// itself (linked with -rdynamic), a trainer links them.
 
 #include "keel.h"
 
 #include <llvm-c/Analysis.h>
+#include <llvm-c/BitReader.h>
+#include <llvm-c/BitWriter.h>
 #include <llvm-c/Core.h>
 #include <llvm-c/Error.h>
 #include <llvm-c/LLJIT.h>
@@ -21,6 +25,7 @@
 #include <llvm-c/Transforms/PassBuilder.h>
 #include <dlfcn.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -153,14 +158,7 @@ static const char pipeline[] =
     "simplifycfg<no-keep-loops;hoist-common-insts;sink-common-insts>,vector-combine,"
     "instcombine<no-verify-fixpoint>,loop-mssa(licm))";
 
-static LLVMModuleRef build_module(Prog *p, LLVMContextRef ctx, LLVMTargetMachineRef tm,
-                                  bool trainer) {
-  prepare(p);
-  LLVMModuleRef mod = cg_module(p, ctx, trainer);
-  char *msg = NULL;
-  if (LLVMVerifyModule(mod, LLVMReturnStatusAction, &msg))
-    die("the generated module is invalid: %s", msg);
-  LLVMDisposeMessage(msg);
+static void optimize(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
   char *triple = LLVMGetTargetMachineTriple(tm);
   LLVMSetTarget(mod, triple);
   LLVMDisposeMessage(triple);
@@ -172,12 +170,114 @@ static LLVMModuleRef build_module(Prog *p, LLVMContextRef ctx, LLVMTargetMachine
   if (err)
     llvm_fail("optimizing", err);
   LLVMDisposePassBuilderOptions(opts);
+}
+
+static LLVMModuleRef generate(Prog *p, LLVMContextRef ctx, bool trainer) {
+  prepare(p);
+  LLVMModuleRef mod = cg_module(p, ctx, trainer);
+  char *msg = NULL;
+  if (LLVMVerifyModule(mod, LLVMReturnStatusAction, &msg))
+    die("the generated module is invalid: %s", msg);
+  LLVMDisposeMessage(msg);
+  return mod;
+}
+
+static LLVMModuleRef build_module(Prog *p, LLVMContextRef ctx, LLVMTargetMachineRef tm,
+                                  bool trainer) {
+  LLVMModuleRef mod = generate(p, ctx, trainer);
+  optimize(mod, tm);
   return mod;
 }
 
 // ---------------------------------------------------------------------------------------------
+// keel run compiles on two threads: the module is cut in two halves, the training step's
+// function in one, everything else (the loops it hands to the thread pool, evaluation, the
+// training loop) in the other, each optimized and turned into machine code in a context of
+// its own, and the JIT links the two objects. The pass pipeline works function by function,
+// so each function gets the instructions it would get in one module (a built trainer, one
+// module, trains to the same bytes: tests/run.sh checks it). The outlined loops become
+// external symbols (keel.kernel…) so that the halves can call each other.
+
+typedef struct {
+  LLVMMemoryBufferRef bitcode;  // the whole module, unoptimized
+  bool train_half;              // the training step's function, or all the others
+  LLVMTargetMachineRef tm;      // its own (made on the main thread: LLVM's registries)
+  LLVMMemoryBufferRef obj;      // out: machine code
+} Half;
+
+// A function without its body: a declaration the other half defines.
+static void drop_body(LLVMValueRef f) {
+  for (LLVMBasicBlockRef bb = LLVMGetFirstBasicBlock(f); bb; bb = LLVMGetNextBasicBlock(bb))
+    for (LLVMValueRef in = LLVMGetFirstInstruction(bb); in; in = LLVMGetNextInstruction(in))
+      if (LLVMGetTypeKind(LLVMTypeOf(in)) != LLVMVoidTypeKind)
+        LLVMReplaceAllUsesWith(in, LLVMGetPoison(LLVMTypeOf(in)));
+  for (LLVMBasicBlockRef bb = LLVMGetFirstBasicBlock(f); bb; bb = LLVMGetNextBasicBlock(bb))
+    for (LLVMValueRef in = LLVMGetFirstInstruction(bb), next; in; in = next) {
+      next = LLVMGetNextInstruction(in);
+      LLVMInstructionEraseFromParent(in);
+    }
+  for (LLVMBasicBlockRef bb = LLVMGetFirstBasicBlock(f), next; bb; bb = next) {
+    next = LLVMGetNextBasicBlock(bb);
+    LLVMDeleteBasicBlock(bb);
+  }
+  LLVMSetLinkage(f, LLVMExternalLinkage);
+}
+
+static void *compile_half(void *arg) {
+  Half *h = arg;
+  LLVMContextRef ctx = LLVMContextCreate();
+  LLVMModuleRef mod;
+  if (LLVMParseBitcodeInContext2(ctx, h->bitcode, &mod))
+    die("reading the generated module back");
+  for (LLVMValueRef f = LLVMGetFirstFunction(mod); f; f = LLVMGetNextFunction(f)) {
+    size_t len;
+    const char *name = LLVMGetValueName2(f, &len);
+    if (!LLVMIsDeclaration(f) && (strcmp(name, "train_step") == 0) != h->train_half)
+      drop_body(f);
+  }
+  if (h->train_half)  // the program's descriptor is the other half's
+    for (LLVMValueRef g = LLVMGetFirstGlobal(mod); g; g = LLVMGetNextGlobal(g))
+      if (LLVMGetLinkage(g) == LLVMExternalLinkage && !LLVMIsDeclaration(g))
+        LLVMSetInitializer(g, NULL);
+  optimize(mod, h->tm);
+  char *msg = NULL;
+  if (LLVMTargetMachineEmitToMemoryBuffer(h->tm, mod, LLVMObjectFile, &msg, &h->obj))
+    die("emitting the object: %s", msg);
+  LLVMDisposeModule(mod);
+  LLVMDisposeTargetMachine(h->tm);
+  LLVMContextDispose(ctx);
+  return NULL;
+}
+
+// The two objects of the program, compiled side by side.
+static void compile_halves(Prog *p, LLVMMemoryBufferRef obj[2]) {
+  LLVMContextRef ctx = LLVMContextCreate();
+  LLVMModuleRef mod = generate(p, ctx, false);
+  for (LLVMValueRef f = LLVMGetFirstFunction(mod); f; f = LLVMGetNextFunction(f))
+    if (LLVMGetLinkage(f) == LLVMInternalLinkage) {  // an outlined loop
+      size_t len;
+      char *name = str_fmt("keel.%s", LLVMGetValueName2(f, &len));
+      LLVMSetValueName2(f, name, strlen(name));
+      LLVMSetLinkage(f, LLVMExternalLinkage);
+    }
+  LLVMMemoryBufferRef bitcode = LLVMWriteBitcodeToMemoryBuffer(mod);
+  Half h[2] = {{bitcode, true, target_machine(NULL), NULL}, {bitcode, false, target_machine(NULL), NULL}};
+  LLVMDisposeModule(mod);
+  LLVMContextDispose(ctx);
+  pthread_t t;
+  bool two = pthread_create(&t, NULL, compile_half, &h[1]) == 0;
+  compile_half(&h[0]);
+  if (two)
+    pthread_join(t, NULL);
+  else
+    compile_half(&h[1]);
+  LLVMDisposeMemoryBuffer(bitcode);
+  obj[0] = h[0].obj, obj[1] = h[1].obj;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The object-code cache: a run of a script whose compiled program is unchanged skips LLVM
-// (about 0.4 s for the Fashion MLP) and loads the object the first run wrote. The key hashes
+// (about 0.2 s for the Fashion MLP) and loads the objects the first run wrote. The key hashes
 // the program descriptor (the IR's hash, slots, settings), the target (triple, CPU,
 // features) and the keel executable itself, so a rebuilt keel never reuses old code. The
 // folder is $KEEL_CACHE_DIR (empty: no cache), else $XDG_CACHE_HOME/keel or ~/.cache/keel.
@@ -212,7 +312,7 @@ static char *cache_path(Prog *p, LLVMTargetMachineRef tm) {
   char *mk = str_fmt("mkdir -p '%s' 2>/dev/null", dir);
   if (access(dir, W_OK) != 0 && system(mk) != 0)
     return NULL;
-  return str_fmt("%s/%016llx.o", dir, (unsigned long long)h);
+  return str_fmt("%s/%016llx", dir, (unsigned long long)h);  // + .0.o and .1.o, the halves
 }
 
 // Writes the object atomically; a cache that cannot be written is simply not used.
@@ -281,36 +381,37 @@ static void give_back_llvm_memory(bool heap) {
 
 KeelJit *jit_compile(Prog *p, bool print_llvm, FILE *out) {
   give_back_llvm_memory(false);  // what start-up left behind
-  LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
-  LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
   LLVMTargetMachineRef tm = target_machine(NULL);
-  char *cached = print_llvm ? NULL : cache_path(p, tm);
-  size_t len = 0;
-  char *bytes = cached ? read_file(cached, &len) : NULL;
-  LLVMModuleRef mod = NULL;
-  LLVMMemoryBufferRef obj = NULL;
-  if (bytes && len) {
-    obj = LLVMCreateMemoryBufferWithMemoryRangeCopy(bytes, len, "keel");
-  } else {
-    mod = build_module(p, ctx, tm, false);
-    if (cached) {  // machine code now, with the same TargetMachine the JIT would use
-      char *msg = NULL;
-      if (LLVMTargetMachineEmitToMemoryBuffer(tm, mod, LLVMObjectFile, &msg, &obj))
-        die("emitting the object: %s", msg);
-      cache_store(cached, obj);
-    }
-  }
-  if (print_llvm) {
+  if (print_llvm) {  // the optimized module, as one
+    LLVMContextRef ctx = LLVMContextCreate();
+    LLVMModuleRef mod = build_module(p, ctx, tm, false);
     char *text = LLVMPrintModuleToString(mod);
     fputs(text, out);
     LLVMDisposeMessage(text);
     LLVMDisposeModule(mod);
     LLVMDisposeTargetMachine(tm);
-    LLVMOrcDisposeThreadSafeContext(tsc);
+    LLVMContextDispose(ctx);
     return NULL;
   }
+  // the two objects: from the cache, or compiled now (and cached)
+  char *cached = cache_path(p, tm);
+  LLVMMemoryBufferRef obj[2] = {NULL, NULL};
+  for (int k = 0; cached && k < 2; k++) {
+    size_t len = 0;
+    char *bytes = read_file(str_fmt("%s.%d.o", cached, k), &len);
+    if (bytes && len)
+      obj[k] = LLVMCreateMemoryBufferWithMemoryRangeCopy(bytes, len, "keel");
+  }
+  if (!obj[0] || !obj[1]) {
+    for (int k = 0; k < 2; k++)
+      if (obj[k])
+        LLVMDisposeMemoryBuffer(obj[k]);
+    compile_halves(p, obj);
+    for (int k = 0; cached && k < 2; k++)
+      cache_store(str_fmt("%s.%d.o", cached, k), obj[k]);
+  }
   LLVMOrcLLJITBuilderRef builder = LLVMOrcCreateLLJITBuilder();
-  // the JIT compiles with the very TargetMachine the optimizer used (it takes ownership)
+  // the JIT's TargetMachine is the one the halves were compiled for (it takes ownership)
   LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(
       builder, LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm));
   KeelJit *j = calloc(1, sizeof *j);
@@ -323,17 +424,9 @@ KeelJit *jit_compile(Prog *p, bool print_llvm, FILE *out) {
     llvm_fail("searching the process", err);
   LLVMOrcJITDylibRef dylib = LLVMOrcLLJITGetMainJITDylib(j->jit);
   LLVMOrcJITDylibAddGenerator(dylib, gen);
-  if (obj) {  // the cached or just-emitted object: the same bytes either way
-    if ((err = LLVMOrcLLJITAddObjectFile(j->jit, dylib, obj)))
+  for (int k = 0; k < 2; k++)  // (the JIT takes ownership of the buffers)
+    if ((err = LLVMOrcLLJITAddObjectFile(j->jit, dylib, obj[k])))
       llvm_fail("adding the object", err);
-    if (mod)
-      LLVMDisposeModule(mod);
-  } else {
-    LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(mod, tsc);
-    if ((err = LLVMOrcLLJITAddLLVMIRModule(j->jit, dylib, tsm)))
-      llvm_fail("adding the module", err);
-  }
-  LLVMOrcDisposeThreadSafeContext(tsc);
   return j;
 }
 
