@@ -310,19 +310,25 @@ def kernel_kind(name):
 
 
 def read_profile(out, row):
-    """The profiled run of a row: its kernels (profile.csv) and report.json, or None."""
-    d = os.path.join(out, "profile", row)
-    rep = read_json(os.path.join(d, "report.json"))
-    try:
-        with open(os.path.join(d, "profile.csv")) as f:
-            kernels = [{"kernel": k["kernel"], "seconds": float(k["seconds"]),
-                        "calls": int(k["calls"]), "gflops": float(k["gflops"])}
-                       for k in csv.DictReader(f)]
-    except (OSError, ValueError, KeyError):
-        return None
-    if not rep or not rep.get("samples_per_second") or not kernels:
-        return None
-    return {"kernels": kernels, "report": rep, "threads": PROFILE_THREADS}
+    """The fastest profiled run of a row (bench/run.sh makes three): its kernels
+    (profile.csv), report.json and folder, or None."""
+    best = None
+    base = os.path.join(out, "profile", row)
+    for t in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        d = os.path.join(base, t)
+        rep = read_json(os.path.join(d, "report.json"))
+        try:
+            with open(os.path.join(d, "profile.csv")) as f:
+                kernels = [{"kernel": k["kernel"], "seconds": float(k["seconds"]),
+                            "calls": int(k["calls"]), "gflops": float(k["gflops"])}
+                           for k in csv.DictReader(f)]
+        except (OSError, ValueError, KeyError):
+            continue
+        if rep and rep.get("samples_per_second") and kernels and (
+                not best or rep["samples_per_second"] > best["report"]["samples_per_second"]):
+            best = {"kernels": kernels, "report": rep, "threads": PROFILE_THREADS,
+                    "dir": d}
+    return best
 
 
 PROFILE_THREADS = 2
@@ -355,8 +361,8 @@ def profile_notes(rows, peak, out):
         prod_s = sum(k["seconds"] for k in prod)
         prod_gf = sum(k["gflops"] * k["seconds"] for k in prod) / prod_s if prod_s else 0
         md += ["", f"### {r['label']}: {r['ratio']:.2f}× PyTorch, the target is {t:g}×", "",
-               f"`keel run --profile --threads {p['threads']}` (bench/run.sh, "
-               f"build/bench/profile/{r['row']}/profile.csv): {rep['samples_per_second']:,.0f} "
+               f"`keel run --profile --threads {p['threads']}`, the fastest of three runs "
+               f"(bench/run.sh; {p['dir']}/profile.csv): {rep['samples_per_second']:,.0f} "
                f"samples/s, {ms(train_s):.3f} ms per step of {batch}.", "",
                "| where | ms per step | share of training time |", "|---|---|---|"]
         for kind, kk in sorted(kinds.items(), key=lambda kv: -sum(k["seconds"] for k in kv[1])):
