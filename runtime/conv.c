@@ -114,8 +114,8 @@ static void conv_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
   for (int64_t i = lo; i < hi; i++) {
     im2col(a->x + i * a->c * a->h * a->w, col, ohw, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p,
            a->d, a->oh, a->ow);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)a->o, (int)ohw, (int)a->ckk, 1,
-                a->wt, (int)a->ckk, col, (int)ohw, 0, a->y + i * a->o * ohw, (int)ohw);
+    krt_sgemm_serial(0, 0, (int)a->o, (int)ohw, (int)a->ckk, 1, a->wt, (int)a->ckk, col,
+                     (int)ohw, 0, a->y + i * a->o * ohw, (int)ohw);
   }
 }
 
@@ -132,8 +132,8 @@ static void conv_dx_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
   int64_t ohw = a->oh * a->ow, chw = a->c * a->h * a->w;
   memset(a->dx + lo * chw, 0, sizeof(float) * (size_t)((hi - lo) * chw));
   for (int64_t i = lo; i < hi; i++) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)a->ckk, (int)ohw, (int)a->o, 1,
-                a->wt, (int)a->ckk, a->dy + i * a->o * ohw, (int)ohw, 0, col, (int)ohw);
+    krt_sgemm_serial(1, 0, (int)a->ckk, (int)ohw, (int)a->o, 1, a->wt, (int)a->ckk,
+                     a->dy + i * a->o * ohw, (int)ohw, 0, col, (int)ohw);
     col2im(col, ohw, a->dx + i * chw, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p, a->d, a->oh,
            a->ow);
   }
@@ -156,8 +156,8 @@ static void conv_dw_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
   for (int64_t i = lo; i < hi; i++) {
     im2col(a->x + i * a->c * a->h * a->w, col, ohw, a->c, a->h, a->w, a->kh, a->kw, a->s, a->p,
            a->d, a->oh, a->ow);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)a->o, (int)a->ckk, (int)ohw, 1,
-                a->dy + i * a->o * ohw, (int)ohw, col, (int)ohw, 1, dw, (int)a->ckk);
+    krt_sgemm_serial(0, 1, (int)a->o, (int)a->ckk, (int)ohw, 1, a->dy + i * a->o * ohw,
+                     (int)ohw, col, (int)ohw, 1, dw, (int)a->ckk);
   }
   a->ran[t] = true;
 }

@@ -450,9 +450,13 @@ void krt_parallel(KrtTask *fn, void *ctx, int64_t n, int64_t align, int64_t min_
 // Scratch of at least `floats` floats for chunk t (kept and grown: no allocation once the
 // first step has run).
 float *krt_scratch(int t, int64_t floats);
-// [generated] cblas_sgemm (row-major) split over the pool by rows or columns of C.
+// [generated] cblas_sgemm (row-major) over the pool: in pieces of columns of C small enough
+// for OpenBLAS's unpacked kernels, or split by rows or columns of C (threads.c).
 void krt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                const float *b, int ldb, float beta, float *c, int ldc);
+// The same on the calling thread only (inside a chunk of the pool: the convolutions).
+void krt_sgemm_serial(int ta, int tb, int m, int n, int k, float alpha, const float *a,
+                      int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
 // ---------------------------------------------------------------------------------------------
 // conv.c — [generated] image kernels, NCHW. A convolution of x (n, c, h, w) with weights

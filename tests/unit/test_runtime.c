@@ -2199,32 +2199,41 @@ static void test_threads(void) {
   memset(hits, 0, sizeof hits);
   krt_parallel(mark, NULL, 1000, 16, 600);  // too small to share
   CHECK(hits[0] == 1 && hits[999] == 1 && chunk_lo[0] == 0, "one chunk below 2 · min_chunk");
-  // C = op(A) op(B) for each transpose, split by rows (m ≥ n) and by columns (m < n)
-  enum { M = 70, N = 90, K = 80 };
-  static float a[M * K], b[K * N], c[M * N], want[M * N];
-  for (int i = 0; i < M * K; i++)
+  // C = op(A) op(B) for each transpose, split by rows (m ≥ n) and by columns (m < n), and
+  // with K = 800 in pieces of columns (on the CPUs whose OpenBLAS has small-matrix kernels);
+  // krt_sgemm_serial adding to C (beta 1, the convolutions' weight gradient)
+  enum { M = 70, N = 90, KMAX = 800 };
+  static float a[M * KMAX], b[KMAX * N], c[M * N], want[M * N];
+  for (int i = 0; i < M * KMAX; i++)
     a[i] = (float)((i * 37) % 17) / 8 - 1;
-  for (int i = 0; i < K * N; i++)
+  for (int i = 0; i < KMAX * N; i++)
     b[i] = (float)((i * 11) % 13) / 6 - 1;
-  for (int ta = 0; ta < 2; ta++)
-    for (int tb = 0; tb < 2; tb++)
-      for (int wide = 0; wide < 2; wide++) {
-        int m = wide ? M / 2 : M, n = N, lda = ta ? m : K, ldb = tb ? K : n;
-        if (!wide)
-          n = M / 2;  // m > n: rows
-        for (int i = 0; i < m; i++)
-          for (int j = 0; j < n; j++) {
-            double sum = 0;
-            for (int p = 0; p < K; p++)
-              sum += (double)a[ta ? p * lda + i : i * lda + p] * b[tb ? j * ldb + p : p * ldb + j];
-            want[i * n + j] = (float)sum;
-          }
-        krt_sgemm(ta, tb, m, n, K, 1, a, lda, b, ldb, 0, c, n);
-        double worst = 0;
-        for (int i = 0; i < m * n; i++)
-          worst = fmax(worst, fabs(c[i] - want[i]));
-        CHECK(worst < 1e-4, "sgemm ta %d tb %d %dx%d: off by %g", ta, tb, m, n, worst);
-      }
+  for (int K = 80; K <= KMAX; K += KMAX - 80)
+    for (int ta = 0; ta < 2; ta++)
+      for (int tb = 0; tb < 2; tb++)
+        for (int wide = 0; wide < 3; wide++) {
+          int m = wide ? M / 2 : M, n = N, lda = ta ? m : K, ldb = tb ? K : n;
+          if (!wide)
+            n = M / 2;  // m > n: rows
+          for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+              double sum = 0;
+              for (int p = 0; p < K; p++)
+                sum += (double)a[ta ? p * lda + i : i * lda + p] * b[tb ? j * ldb + p : p * ldb + j];
+              want[i * n + j] = (float)sum + (wide == 2);
+            }
+          for (int i = 0; i < m * n; i++)
+            c[i] = 1;
+          if (wide == 2)
+            krt_sgemm_serial(ta, tb, m, n, K, 1, a, lda, b, ldb, 1, c, n);
+          else
+            krt_sgemm(ta, tb, m, n, K, 1, a, lda, b, ldb, 0, c, n);
+          double worst = 0;
+          for (int i = 0; i < m * n; i++)
+            worst = fmax(worst, fabs(c[i] - want[i]) / (1 + fabs(want[i])));
+          CHECK(worst < 1e-5, "sgemm%s ta %d tb %d %dx%dx%d: off by %g", wide == 2 ? "_serial" : "",
+                ta, tb, m, n, K, worst);
+        }
 }
 
 // conv.c against direct loops (in double) for strides, paddings, dilations and odd sizes,
