@@ -170,10 +170,11 @@ typedef struct {
   float alpha, beta;
   const float *a, *b;
   float *c;
-  int64_t piece;  // columns per piece (n: no pieces)
+  int64_t piece;  // rows or columns per piece
+  bool pieces;    // pieces small enough for OpenBLAS's small-matrix kernels
 } Gemm;
 
-// The piece width of an m × n × k product: a multiple of 8, or n.
+// The piece width of an m × n × k product cut along n: a multiple of 8, or n.
 static int64_t piece_width(int m, int n, int k) {
   if (!small_kernels())
     return n;
@@ -185,9 +186,12 @@ static int64_t piece_width(int m, int n, int k) {
 static void gemm_part(const Gemm *g, int64_t lo, int64_t hi) {
   enum CBLAS_TRANSPOSE ta = g->ta ? CblasTrans : CblasNoTrans, tb = g->tb ? CblasTrans : CblasNoTrans;
   if (g->rows) {  // rows of C: rows of op(A)
-    cblas_sgemm(CblasRowMajor, ta, tb, (int)(hi - lo), g->n, g->k, g->alpha,
-                g->a + (g->ta ? lo : lo * g->lda), g->lda, g->b, g->ldb, g->beta,
-                g->c + lo * g->ldc, g->ldc);
+    for (int64_t r = lo; r < hi; r += g->piece) {
+      int len = (int)(hi - r < g->piece ? hi - r : g->piece);
+      cblas_sgemm(CblasRowMajor, ta, tb, len, g->n, g->k, g->alpha,
+                  g->a + (g->ta ? r : r * g->lda), g->lda, g->b, g->ldb, g->beta,
+                  g->c + r * g->ldc, g->ldc);
+    }
     return;
   }
   for (int64_t q = lo; q < hi; q += g->piece) {  // columns of C: columns of op(B)
@@ -197,19 +201,31 @@ static void gemm_part(const Gemm *g, int64_t lo, int64_t hi) {
   }
 }
 
+// The side cut (g->rows), its length and the pieces (g->piece along it, 0: one part per thread).
+static int64_t gemm_side(const Gemm *g) { return g->rows ? g->m : g->n; }
+
 static void gemm_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
   const Gemm *g = ctx;
-  if (g->piece < g->n)  // chunks of pieces
-    gemm_part(g, lo * g->piece, hi * g->piece < g->n ? hi * g->piece : g->n);
+  int64_t len = gemm_side(g);
+  if (g->pieces)  // chunks of pieces
+    gemm_part(g, lo * g->piece, hi * g->piece < len ? hi * g->piece : len);
   else
     gemm_part(g, lo, hi);
 }
 
+// Rows of C (contiguous, so the elementwise loops after the product find their part of it
+// where it was written) when a piece of at least 8 rows is small enough; else columns; else
+// no pieces, and the longer side cut once per thread.
 static Gemm gemm_of(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                     const float *b, int ldb, float beta, float *c, int ldc) {
-  Gemm g = {ta != 0, tb != 0, false, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, n};
-  g.piece = piece_width(m, n, k);
-  g.rows = g.piece == n && m >= n;
+  Gemm g = {ta != 0, tb != 0, false, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, n, false};
+  int64_t h = piece_width(n, m, k), w = piece_width(m, n, k);
+  if (h < m)
+    g.rows = g.pieces = true, g.piece = h;
+  else if (w < n)
+    g.pieces = true, g.piece = w;
+  else
+    g.rows = m >= n, g.piece = g.rows ? m : n;
   return g;
 }
 
@@ -217,18 +233,17 @@ void krt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a,
                const float *b, int ldb, float beta, float *c, int ldc) {
   Gemm g = gemm_of(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   // below about 2·10⁵ multiply-adds a second thread costs more than it saves
-  int64_t work = (int64_t)m * n * k, serial = (int64_t)1 << 40;
-  if (g.piece < n)
-    krt_parallel(gemm_chunk, &g, (n + g.piece - 1) / g.piece, 1, work < 200000 ? serial : 1);
+  int64_t work = (int64_t)m * n * k, serial = (int64_t)1 << 40, len = gemm_side(&g);
+  if (g.pieces)
+    krt_parallel(gemm_chunk, &g, (len + g.piece - 1) / g.piece, 1, work < 200000 ? serial : 1);
   else
-    krt_parallel(gemm_chunk, &g, g.rows ? m : n, 16, work < 200000 ? serial : 16);
+    krt_parallel(gemm_chunk, &g, len, 16, work < 200000 ? serial : 16);
 }
 
 void krt_sgemm_serial(int ta, int tb, int m, int n, int k, float alpha, const float *a,
                       int lda, const float *b, int ldb, float beta, float *c, int ldc) {
   Gemm g = gemm_of(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  g.rows = false;
-  gemm_part(&g, 0, n);
+  gemm_part(&g, 0, gemm_side(&g));
 }
 
 // ---------------------------------------------------------------------------------------------

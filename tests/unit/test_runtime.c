@@ -2200,15 +2200,16 @@ static void test_threads(void) {
   krt_parallel(mark, NULL, 1000, 16, 600);  // too small to share
   CHECK(hits[0] == 1 && hits[999] == 1 && chunk_lo[0] == 0, "one chunk below 2 · min_chunk");
   // C = op(A) op(B) for each transpose, split by rows (m ≥ n) and by columns (m < n), and
-  // with K = 800 in pieces of columns (on the CPUs whose OpenBLAS has small-matrix kernels);
-  // krt_sgemm_serial adding to C (beta 1, the convolutions' weight gradient)
-  enum { M = 70, N = 90, KMAX = 800 };
+  // with K = 800 in pieces of rows, K = 2000 in pieces of columns (on the CPUs whose OpenBLAS
+  // has small-matrix kernels); krt_sgemm_serial adding to C (beta 1, the convolutions' weight
+  // gradient)
+  enum { M = 70, N = 90, KMAX = 2000 };
   static float a[M * KMAX], b[KMAX * N], c[M * N], want[M * N];
   for (int i = 0; i < M * KMAX; i++)
     a[i] = (float)((i * 37) % 17) / 8 - 1;
   for (int i = 0; i < KMAX * N; i++)
     b[i] = (float)((i * 11) % 13) / 6 - 1;
-  for (int K = 80; K <= KMAX; K += KMAX - 80)
+  for (int K = 80; K <= KMAX; K = K == 80 ? 800 : K == 800 ? 2000 : KMAX + 1)
     for (int ta = 0; ta < 2; ta++)
       for (int tb = 0; tb < 2; tb++)
         for (int wide = 0; wide < 3; wide++) {
