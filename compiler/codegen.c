@@ -1530,6 +1530,12 @@ static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
       gen_ins(cg, hoisted[k]);
     if (nm > 1) {
       gen_fused(cg, members, nm, j, last_use, shape, inner);
+    } else if (feeds_reduction(cg, i, last_use) && ir->ins[i + 1].op == OP_SUM &&
+               ir->ins[i + 1].axis < 0 && starts && worth_sharing(shape)) {
+      // a large full sum (Σ g² of a weight's gradient): a run of two, shared by the pool
+      members[1] = i + 1;
+      gen_fused(cg, members, 2, i + 2, last_use, shape, inner);
+      j = i + 2;
     } else if (feeds_reduction(cg, i, last_use)) {
       // an elementwise value read only by the reduction after it: computed inside it
       gen_reduce_from(cg, i + 1, cg->buf[i + 1], i);
