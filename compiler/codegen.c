@@ -1005,6 +1005,12 @@ static void gen_ins(Cg *cg, int i) {
 // *inner_dims set to the number of trailing dimensions it is constant over (the loop nest
 // then runs over blocks of those, the operand read once per block); without `bcast`, or with
 // no such operand, every operand has the output's shape and *inner_dims is its rank.
+// A per-feature operand of a batch of rows ([c] against [n, c]: batchnorm's statistics, a
+// bias): in a fused run over rows, read at the index within the row.
+static bool row_operand(Shape a, Shape out) {
+  return out.rank == 2 && a.rank == 1 && a.dim[0] == out.dim[1] && a.dim[0] != DIM_N;
+}
+
 static bool fusable(Fn *fn, int i, Shape *shape, bool bcast, int *inner_dims) {
   Ins *ins = &fn->ins[i];
   OpClass c = op_class[ins->op];
@@ -1022,6 +1028,10 @@ static bool fusable(Fn *fn, int i, Shape *shape, bool bcast, int *inner_dims) {
     Shape a = fn->ins[ins->arg[k]].shape;
     if (a.rank == 0 || shape_eq(a, ins->shape))
       continue;
+    if (bcast && row_operand(a, ins->shape)) {  // read along each row: blocks are rows
+      inner = 1;
+      continue;
+    }
     int ones = 0;  // trailing dimensions where a is 1 (or has none)
     while (ones < ins->shape.rank && (ones >= a.rank || a.dim[a.rank - 1 - ones] == 1))
       ones++;
@@ -1234,7 +1244,7 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
         Shape as = fn->ins[a].shape;
         if (fn->ins[members[k]].op == OP_EXPAND)  // a seen with a 1 where the axis goes
           as = shape_make_expand(as);
-        if (!MEMBER(a) && as.rank && !shape_eq(as, shape))
+        if (!MEMBER(a) && as.rank && !shape_eq(as, shape) && !row_operand(as, shape))
           bc[3 * k + q] = load_at(cg, cg->buf[a], bcast_offset(cg, as, shape, idx));
       }
     LLVMValueRef base = LLVMBuildMul(cg->b, l.iv, ci64(cg, inner), "");
@@ -1252,7 +1262,9 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     for (int q = 0; q < op_nargs[ins->op]; q++) {
       int a = ins->arg[q];
       v[q] = MEMBER(a) ? val[pos[a - from]] : sc[3 * k + q] ? sc[3 * k + q]
-             : bc[3 * k + q] ? bc[3 * k + q] : load_at(cg, cg->buf[a], at);
+             : bc[3 * k + q] ? bc[3 * k + q]
+             : split && row_operand(fn->ins[a].shape, shape) ? load_at(cg, cg->buf[a], lb.iv)
+             : load_at(cg, cg->buf[a], at);
     }
     if (is_sum_member(fn, m) || ins->op == OP_SUMTO) {
       acc_next[k] = fadd_reassoc(cg, acc_in[k], v[0]);

@@ -206,6 +206,11 @@ CASES = [
     ("batchnorm_sgd_ce", 5, [(8, "batchnorm", "relu")], 3, "cross_entropy",
      "sgd lr=0.1 momentum=0.9",
      lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), 10, 20, 40, 24),
+    # 24 features: rows wide enough (16 floats or more) that batchnorm's per-feature statistics,
+    # scale and shift join the fused loops over rows (codegen's row operands)
+    ("batchnorm_wide_sgd_ce", 6, [(24, "batchnorm", "relu")], 3, "cross_entropy",
+     "sgd lr=0.1 momentum=0.9",
+     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), 10, 20, 40, 24),
     # A last partial batch (30 rows in batches of 8: 8, 8, 8, 6): the batch size n is a run-time
     # value in batchnorm's statistics, the loss's mean, and the validation loss's weighting
     # (21 validation rows: 8, 8, 5). Batchnorm follows tanh here, not a dense layer directly:
