@@ -178,8 +178,12 @@ typedef struct {
 static int64_t piece_width(int m, int n, int k) {
   if (!small_kernels())
     return n;
-  int64_t w = SMALL_MNK / ((int64_t)(m ? m : 1) * (k ? k : 1)) / 8 * 8;
-  return w >= 8 && w < n ? w : n;
+  int64_t most = SMALL_MNK / ((int64_t)(m ? m : 1) * (k ? k : 1)) / 8 * 8;
+  if (most < 8 || most >= n)
+    return n;
+  // as few pieces as that allows, of equal widths (128 as 64 + 64, not 120 + 8)
+  int64_t pieces = (n + most - 1) / most;
+  return ((n + pieces - 1) / pieces + 7) / 8 * 8;
 }
 
 // Columns lo..hi of C (rows lo..hi when g->rows), piece by piece.
