@@ -35,7 +35,7 @@ static struct {
   void *ctx;
   int64_t n, align;
   _Atomic uint32_t generation; // bumped once per job
-  _Atomic int next;            // the next chunk to claim
+  _Atomic int claimed[KRT_MAX_THREADS];  // chunk c of the current job is taken
   _Atomic int done;            // chunks finished
   _Atomic int sleeping;        // workers in futex_wait
 } pool = {.threads = 1};
@@ -55,12 +55,15 @@ static void chunk(int64_t n, int64_t align, int t, int T, int64_t *lo, int64_t *
     *hi = n;
 }
 
-// Claims chunks of the current job until none is left. Whoever is free takes the next one, so
-// a worker that the system has not scheduled holds nothing up; what a chunk computes does not
-// depend on who runs it.
-static void run_chunks(void) {
-  int c;
-  while ((c = atomic_fetch_add_explicit(&pool.next, 1, memory_order_acq_rel)) < pool.threads) {
+// Claims chunks of the current job until none is left: thread `self` its own chunk first (so
+// that consecutive jobs find their data in the cache of the core that wrote it), then any other
+// still free, so a worker that the system has not scheduled holds nothing up; what a chunk
+// computes does not depend on who runs it.
+static void run_chunks(int self) {
+  for (int k = 0; k < pool.threads; k++) {
+    int c = (self + k) % pool.threads;
+    if (atomic_exchange_explicit(&pool.claimed[c], 1, memory_order_acq_rel))
+      continue;
     int64_t lo, hi;
     chunk(pool.n, pool.align, c, pool.threads, &lo, &hi);
     if (lo < hi)
@@ -70,7 +73,7 @@ static void run_chunks(void) {
 }
 
 static void *worker(void *arg) {
-  (void)arg;
+  int self = (int)(intptr_t)arg;
   uint32_t seen = 0;
   for (;;) {
     uint32_t g;
@@ -87,7 +90,7 @@ static void *worker(void *arg) {
       spins = 0;
     }
     seen = g;
-    run_chunks();
+    run_chunks(self);
   }
   return NULL;
 }
@@ -131,11 +134,12 @@ void krt_parallel(KrtTask *fn, void *ctx, int64_t n, int64_t align, int64_t min_
   }
   pool.fn = fn, pool.ctx = ctx, pool.n = n, pool.align = align;
   atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
-  atomic_store_explicit(&pool.next, 0, memory_order_release);  // after the fields above
+  for (int c = 0; c < T; c++)  // after the fields above
+    atomic_store_explicit(&pool.claimed[c], 0, memory_order_release);
   atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
   if (atomic_load(&pool.sleeping))
     futex(&pool.generation, FUTEX_WAKE, KRT_MAX_THREADS);
-  run_chunks();
+  run_chunks(0);
   // a chunk still running belongs to a worker; yield now and then in case it waits for this
   // very core (a machine busy with other work)
   for (int spins = 0; atomic_load_explicit(&pool.done, memory_order_acquire) < T; spins++)
