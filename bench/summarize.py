@@ -363,7 +363,7 @@ def profile_notes(rows, peak, out):
         md += ["", f"### {r['label']}: {r['ratio']:.2f}× PyTorch, the target is {t:g}×", "",
                f"`keel run --profile --threads {p['threads']}`, the fastest of three runs "
                f"(bench/run.sh; {p['dir']}/profile.csv): {rep['samples_per_second']:,.0f} "
-               f"samples/s, {ms(train_s):.3f} ms per step of {batch}.", "",
+               f"samples/s, {ms(train_s):.3f} ms per step of {batch}." + slow_note(r, rep), "",
                "| where | ms per step | share of training time |", "|---|---|---|"]
         for kind, kk in sorted(kinds.items(), key=lambda kv: -sum(k["seconds"] for k in kv[1])):
             s = sum(k["seconds"] for k in kk)
@@ -405,6 +405,17 @@ def profile_notes(rows, peak, out):
                         if s > 0) + ".")
         md.append(say)
     return md
+
+
+def slow_note(r, rep):
+    """A warning when the profiled run was much slower than the timed runs at its setting."""
+    timed = r["keel_train_by_threads"].get("t%d" % PROFILE_THREADS)
+    med = timed[0] if isinstance(timed, tuple) else timed
+    if not med or rep["samples_per_second"] >= 0.85 * med:
+        return ""
+    return (f" **All three profiled runs were slower than the timed runs' median at "
+            f"`--threads {PROFILE_THREADS}` ({med:,.0f} samples/s): the second thread lost its "
+            f"core during them, and the shares below show that more than the code.**")
 
 
 REMEDY = {  # what each part of the step is, and what would make it smaller
