@@ -841,6 +841,24 @@ static LLVMValueRef entry_alloca_of(Cg *cg, LLVMTypeRef t) {
 
 static LLVMValueRef entry_alloca(Cg *cg) { return entry_alloca_of(cg, cg->f32); }
 
+// Partial sums of a reduction cut into chunks: `width` floats for each of MAX_CHUNKS chunks,
+// in the step's frame, zeroed before the kernel runs (chunk t writes floats t·width …).
+static LLVMValueRef partials(Cg *cg, int64_t width) {
+  LLVMValueRef p = entry_alloca_of(cg, LLVMArrayType2(cg->f32, (uint64_t)(width * MAX_CHUNKS)));
+  fill(cg, p, ci64(cg, width * MAX_CHUNKS), cf32(cg, 0));
+  return p;
+}
+
+// dst[c] = the partial sums for c added in chunk order: the same bits for the same T.
+static void add_partials(Cg *cg, LLVMValueRef part, LLVMValueRef dst, int64_t width) {
+  LLVMBuilderRef B = cg->b;
+  fill(cg, dst, ci64(cg, width), cf32(cg, 0));
+  Loop lt = loop_begin(cg, ci64(cg, MAX_CHUNKS)), lc = loop_begin(cg, ci64(cg, width));
+  LLVMValueRef t = load_at(cg, part, LLVMBuildAdd(B, LLVMBuildMul(B, lt.iv, ci64(cg, width), ""), lc.iv, ""));
+  store_at(cg, LLVMBuildFAdd(B, load_at(cg, dst, lc.iv), t, ""), dst, lc.iv);
+  loop_end(cg, &lc), loop_end(cg, &lt);
+}
+
 static void gen_ins(Cg *cg, int i) {
   Fn *fn = cg->ir;
   Ins *ins = &fn->ins[i];
@@ -901,8 +919,7 @@ static void gen_ins(Cg *cg, int i) {
         // per channel over the samples ([n, c, h, w] → [c, 1, 1]): samples on the pool, each
         // chunk's sums per channel kept apart and added in chunk order
         LLVMValueRef C = ci64(cg, outer.dim[1]), len = numel(cg, block);
-        LLVMValueRef part = entry_alloca_of(cg, LLVMArrayType2(cg->f32, (uint64_t)outer.dim[1] * MAX_CHUNKS));
-        fill(cg, part, ci64(cg, outer.dim[1] * MAX_CHUNKS), cf32(cg, 0));
+        LLVMValueRef part = partials(cg, outer.dim[1]);
         int ids[2] = {i, ins->arg[0]};
         Outline o = {.extra = &part, .nextra = 1};
         LLVMValueRef lo, hi;
@@ -917,10 +934,7 @@ static void gen_ins(Cg *cg, int i) {
         loop_end(cg, &lc), loop_end(cg, &ls);
         int64_t per_sample = outer.dim[1] * shape_numel(block, 1);
         outline_end(cg, &o, o.outer_n, 1, ci64(cg, per_sample >= PAR_MIN ? 1 : PAR_MIN / per_sample));
-        Loop lt = loop_begin(cg, ci64(cg, MAX_CHUNKS)), lc2 = loop_begin(cg, C);
-        LLVMValueRef t = load_at(cg, part, LLVMBuildAdd(B, LLVMBuildMul(B, lt.iv, C, ""), lc2.iv, ""));
-        store_at(cg, LLVMBuildFAdd(B, load_at(cg, dst, lc2.iv), t, ""), dst, lc2.iv);
-        loop_end(cg, &lc2), loop_end(cg, &lt);
+        add_partials(cg, part, dst, outer.dim[1]);
         return;
       }
       Loop loops[MAX_RANK];
@@ -1211,10 +1225,8 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
   for (int k = 0; k < nm; k++) {
     bool chan = fn->ins[members[k]].op == OP_SUMTO;
     if ((is_sum_member(fn, members[k]) && share) || chan) {
-      int64_t size = chan ? C * MAX_CHUNKS : MAX_CHUNKS;
       part_of[k] = o.nextra;
-      part[o.nextra] = entry_alloca_of(cg, LLVMArrayType2(cg->f32, (uint64_t)size));
-      fill(cg, part[o.nextra++], ci64(cg, size), cf32(cg, 0));
+      part[o.nextra++] = partials(cg, chan ? C : 1);
     }
   }
   o.extra = part;
@@ -1323,28 +1335,13 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
   if (o.kernel) {
     outline_end(cg, &o, count, split ? 1 : 16,
                 ci64(cg, split ? (inner >= PAR_MIN ? 1 : PAR_MIN / inner) : PAR_MIN));
-    for (int k = 0; k < nm; k++) {  // the partial sums in chunk order
-      if (!is_sum_member(fn, members[k]))
-        continue;
-      LLVMValueRef sum = entry_alloca(cg);
-      LLVMBuildStore(cg->b, cf32(cg, 0), sum);
-      Loop lc = loop_begin(cg, ci64(cg, MAX_CHUNKS));
-      LLVMBuildStore(cg->b, LLVMBuildFAdd(cg->b, LLVMBuildLoad2(cg->b, cg->f32, sum, ""),
-                                          load_at(cg, part[part_of[k]], lc.iv), ""), sum);
-      loop_end(cg, &lc);
-      store_at(cg, LLVMBuildLoad2(cg->b, cg->f32, sum, ""), cg->buf[members[k]], ci64(cg, 0));
-    }
+    for (int k = 0; k < nm; k++)  // full sums: the partial sums in chunk order
+      if (is_sum_member(fn, members[k]))
+        add_partials(cg, part[part_of[k]], cg->buf[members[k]], 1);
   }
-  for (int k = 0; k < nm; k++) {  // per-channel sums: the chunks' partial sums in chunk order
-    if (fn->ins[members[k]].op != OP_SUMTO)
-      continue;
-    LLVMValueRef dst = cg->buf[members[k]];
-    fill(cg, dst, ci64(cg, C), cf32(cg, 0));
-    Loop lt = loop_begin(cg, ci64(cg, MAX_CHUNKS)), lc = loop_begin(cg, ci64(cg, C));
-    LLVMValueRef t = load_at(cg, part[part_of[k]], LLVMBuildAdd(cg->b, LLVMBuildMul(cg->b, lt.iv, ci64(cg, C), ""), lc.iv, ""));
-    store_at(cg, LLVMBuildFAdd(cg->b, load_at(cg, dst, lc.iv), t, ""), dst, lc.iv);
-    loop_end(cg, &lc), loop_end(cg, &lt);
-  }
+  for (int k = 0; k < nm; k++)  // per-channel sums: likewise, channel by channel
+    if (fn->ins[members[k]].op == OP_SUMTO)
+      add_partials(cg, part[part_of[k]], cg->buf[members[k]], C);
 #undef MEMBER
 }
 
