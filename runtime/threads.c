@@ -80,7 +80,7 @@ static void *worker(void *arg) {
     int spins = 0;
     while ((g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen) {
       if (++spins < SPIN) {
-        __builtin_ia32_pause();
+        atomic_signal_fence(memory_order_seq_cst);
         continue;
       }
       atomic_fetch_add(&pool.sleeping, 1);
@@ -146,7 +146,7 @@ void krt_parallel(KrtTask *fn, void *ctx, int64_t n, int64_t align, int64_t min_
     if (spins % 1024 == 1023)
       sched_yield();
     else
-      __builtin_ia32_pause();
+      atomic_signal_fence(memory_order_seq_cst);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ void krt_parallel(KrtTask *fn, void *ctx, int64_t n, int64_t align, int64_t min_
 // as openblas_get_corename says); with the others (Haswell, Zen) narrow pieces run the packed
 // path and are slower than one call (87 → 80 GFLOP/s for the batch of 32), so no pieces there.
 
-enum { SMALL_MNK = 1000000 };
+enum { SMALL_MNK = 1000000, SMALL_NT_AREA = 1200 };
 
 
 typedef struct {
@@ -178,11 +178,16 @@ typedef struct {
   bool pieces;    // pieces small enough for OpenBLAS's small-matrix kernels
 } Gemm;
 
-// The piece width of an m × n × k product cut along n: a multiple of 8, or n.
-static int64_t piece_width(int m, int n, int k) {
-  if (!small_kernels())
+// The piece width of an m × n × k product cut along n: a multiple of 8, or n. nt: the product
+// is A·Bᵀ, whose small-matrix kernel OpenBLAS permits only for pieces of C up to SMALL_NT_AREA
+// floats and k ≥ 32 (a piece of 16 × 128 falls back to the packed path: 66 against 104
+// GFLOP/s for 8 × 128, the batch of 128 against dense2).
+static int64_t piece_width(int m, int n, int k, bool nt) {
+  if (!small_kernels() || (nt && k < 32))
     return n;
   int64_t most = SMALL_MNK / ((int64_t)(m ? m : 1) * (k ? k : 1)) / 8 * 8;
+  if (nt && most > SMALL_NT_AREA / (m ? m : 1) / 8 * 8)
+    most = SMALL_NT_AREA / (m ? m : 1) / 8 * 8;
   if (most < 8 || most >= n)
     return n;
   // as few pieces as that allows, of equal widths (128 as 64 + 64, not 120 + 8)
@@ -227,7 +232,8 @@ static void gemm_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
 static Gemm gemm_of(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                     const float *b, int ldb, float beta, float *c, int ldc) {
   Gemm g = {ta != 0, tb != 0, false, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, n, false};
-  int64_t h = piece_width(n, m, k), w = piece_width(m, n, k);
+  bool nt = !ta && tb;
+  int64_t h = piece_width(n, m, k, nt), w = piece_width(m, n, k, nt);
   if (h < m)
     g.rows = g.pieces = true, g.piece = h;
   else if (w < n)
