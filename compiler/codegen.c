@@ -1050,6 +1050,14 @@ static bool fusable(Fn *fn, int i, Shape *shape, bool bcast, int *inner_dims) {
     *inner_dims = 1;
     return true;
   }
+  if (ins->op == OP_EXPAND && bcast && ins->axis == 0 &&
+      row_operand(fn->ins[ins->arg[0]].shape, ins->shape)) {
+    // a per-feature value repeated over the batch (a batchnorm statistic's gradient): read
+    // along each row
+    *shape = ins->shape;
+    *inner_dims = 1;
+    return true;
+  }
   if (c != OC_UNARY && c != OC_BINARY && c != OC_SELECT && ins->op != OP_STORE)
     return false;
   int inner = ins->shape.rank;
@@ -1270,7 +1278,8 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
       for (int q = 0; q < op_nargs[fn->ins[members[k]].op]; q++) {
         int a = fn->ins[members[k]].arg[q];
         Shape as = fn->ins[a].shape;
-        if (fn->ins[members[k]].op == OP_EXPAND)  // a seen with a 1 where the axis goes
+        if (fn->ins[members[k]].op == OP_EXPAND && fn->ins[members[k]].axis != 0)
+          // a seen with a 1 where the axis goes (along axis 0 it is a row operand)
           as = shape_make_expand(as);
         if (!MEMBER(a) && as.rank && !shape_eq(as, shape) && !row_operand(as, shape))
           bc[3 * k + q] = load_at(cg, cg->buf[a], bcast_offset(cg, as, shape, idx));
