@@ -2178,6 +2178,18 @@ static void mark(void *ctx, int64_t lo, int64_t hi, int t) {
   chunk_lo[t] = lo;
 }
 
+// op(A) op(B) + add for row-major A and B, in double
+static void gemm_want(int ta, int tb, int m, int n, int K, const float *a, int lda, const float *b,
+                      int ldb, float *want, float add) {
+  for (int i = 0; i < m; i++)
+    for (int j = 0; j < n; j++) {
+      double sum = 0;
+      for (int p = 0; p < K; p++)
+        sum += (double)a[ta ? p * lda + i : i * lda + p] * b[tb ? j * ldb + p : p * ldb + j];
+      want[i * n + j] = (float)sum + add;
+    }
+}
+
 static void test_threads(void) {
   krt_threads_start(3);
   CHECK(krt_threads() == 3, "threads %d", krt_threads());
@@ -2216,13 +2228,7 @@ static void test_threads(void) {
           int m = wide ? M / 2 : M, n = N, lda = ta ? m : K, ldb = tb ? K : n;
           if (!wide)
             n = M / 2;  // m > n: rows
-          for (int i = 0; i < m; i++)
-            for (int j = 0; j < n; j++) {
-              double sum = 0;
-              for (int p = 0; p < K; p++)
-                sum += (double)a[ta ? p * lda + i : i * lda + p] * b[tb ? j * ldb + p : p * ldb + j];
-              want[i * n + j] = (float)sum + (wide == 2);
-            }
+          gemm_want(ta, tb, m, n, K, a, lda, b, ldb, want, wide == 2);
           for (int i = 0; i < m * n; i++)
             c[i] = 1;
           if (wide == 2)
@@ -2235,6 +2241,23 @@ static void test_threads(void) {
           CHECK(worst < 1e-5, "sgemm%s ta %d tb %d %dx%dx%d: off by %g", wide == 2 ? "_serial" : "",
                 ta, tb, m, n, K, worst);
         }
+  // more rows than columns, with partial pieces at the edge (A·Bᵀ: pieces of columns, the
+  // others bands of rows); the same bits on 3 threads as in one call of krt_sgemm_serial
+  enum { TM = 130, TN = 200, TK = 100 };
+  static float tc[TM * TN], tserial[TM * TN], twant[TM * TN];
+  for (int ta = 0; ta < 2; ta++)
+    for (int tb = 0; tb < 2; tb++) {
+      int lda = ta ? TM : TK, ldb = tb ? TK : TN;
+      gemm_want(ta, tb, TM, TN, TK, a, lda, b, ldb, twant, 0);
+      krt_sgemm(ta, tb, TM, TN, TK, 1, a, lda, b, ldb, 0, tc, TN);
+      krt_sgemm_serial(ta, tb, TM, TN, TK, 1, a, lda, b, ldb, 0, tserial, TN);
+      double worst = 0;
+      for (int i = 0; i < TM * TN; i++)
+        worst = fmax(worst, fabs(tc[i] - twant[i]) / (1 + fabs(twant[i])));
+      CHECK(worst < 1e-5 && !memcmp(tc, tserial, sizeof tc),
+            "sgemm ta %d tb %d %dx%dx%d: off by %g, or not the serial call's bits", ta, tb, TM, TN,
+            TK, worst);
+    }
 }
 
 // conv.c against direct loops (in double) for strides, paddings, dilations and odd sizes,
