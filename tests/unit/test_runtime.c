@@ -2243,6 +2243,8 @@ static void test_threads(void) {
         }
   // more rows than columns, with partial pieces at the edge (A·Bᵀ: pieces of columns, the
   // others bands of rows); the same bits on 3 threads as in one call of krt_sgemm_serial
+  // (except A·B: krt_sgemm does it in two halves of k, krt_sgemm_serial not). And A·B with more
+  // columns than rows (in halves of k) with beta 1.
   enum { TM = 130, TN = 200, TK = 100 };
   static float tc[TM * TN], tserial[TM * TN], twant[TM * TN];
   for (int ta = 0; ta < 2; ta++)
@@ -2254,10 +2256,18 @@ static void test_threads(void) {
       double worst = 0;
       for (int i = 0; i < TM * TN; i++)
         worst = fmax(worst, fabs(tc[i] - twant[i]) / (1 + fabs(twant[i])));
-      CHECK(worst < 1e-5 && !memcmp(tc, tserial, sizeof tc),
+      CHECK(worst < 1e-5 && (!ta && !tb ? true : !memcmp(tc, tserial, sizeof tc)),
             "sgemm ta %d tb %d %dx%dx%d: off by %g, or not the serial call's bits", ta, tb, TM, TN,
             TK, worst);
     }
+  for (int i = 0; i < TM * TN; i++)
+    tc[i] = 1;
+  gemm_want(0, 0, TN / 2, TM, TK, a, TK, b, TM, twant, 1);
+  krt_sgemm(0, 0, TN / 2, TM, TK, 1, a, TK, b, TM, 1, tc, TM);
+  double worst = 0;
+  for (int i = 0; i < TN / 2 * TM; i++)
+    worst = fmax(worst, fabs(tc[i] - twant[i]) / (1 + fabs(twant[i])));
+  CHECK(worst < 1e-5, "sgemm in halves of k, %dx%dx%d, beta 1: off by %g", TN / 2, TM, TK, worst);
 }
 
 // conv.c against direct loops (in double) for strides, paddings, dilations and odd sizes,
