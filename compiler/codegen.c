@@ -121,6 +121,16 @@ static bool elementwise_op(Op op) {
   return c == OC_UNARY || c == OC_BINARY || c == OC_SELECT;
 }
 
+// Whether an operand of instruction i, not a scalar, has another shape than i.
+static bool broadcasts(Fn *fn, int i) {
+  for (int k = 0; k < op_nargs[fn->ins[i].op]; k++) {
+    Shape a = fn->ins[fn->ins[i].arg[k]].shape;
+    if (a.rank && !shape_eq(a, fn->ins[i].shape))
+      return true;
+  }
+  return false;
+}
+
 // Gives back the slots of the values whose last use is instruction i (once).
 static void free_operands(FreeSlots *fs, const int *slot, int *free_at, const int *next_free,
                           int i) {
@@ -169,9 +179,9 @@ static int *plan_fn(Prog *p, Fn *fn, const bool *keep, FreeSlots *fs, int **scra
         break;
       }
       // An elementwise op may write over an operand it reads for the last time: each
-      // element is read before it is written, at the same index (an operand that
-      // broadcasts is smaller than the output, so its slot never fits).
-      if (elementwise_op(ins->op))
+      // element is read before it is written, at the same index. Not when an operand
+      // broadcasts: it is read at other indices (its slot may be larger than it, and fit).
+      if (elementwise_op(ins->op) && !broadcasts(fn, i))
         free_operands(fs, slot, free_at, next_free, i);
       slot[i] = take_slot(p, fs, ins->shape);
       owned[i] = true;

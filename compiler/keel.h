@@ -271,6 +271,7 @@ void ad_grad(Fn *fn, int loss, const int *wrt, int nwrt, int *grads);
 // numbers (every STORE is kept too).
 void ir_simplify(Fn *fn, int **roots, int nroots);
 void ir_fold_relu_pool(Fn *fn);
+void ir_sink_expands(Fn *fn, int **roots, int nroots);
 
 // ---------------------------------------------------------------------------------------------
 // interp.c — a reference interpreter in double precision (tests and gradient checks)

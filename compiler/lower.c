@@ -1517,6 +1517,8 @@ Prog *lower_program(const char *script_path, Node *user, Node *stdlib, Overrides
     roots[3 + i] = &p->probe_val[i];
   ir_fold_relu_pool(p->train);
   ir_simplify(p->train, roots, 3 + p->nprobes);
+  ir_sink_expands(p->train, roots, 3 + p->nprobes);  // on the simplified graph: true use counts
+  ir_simplify(p->train, roots, 3 + p->nprobes);
   ir_verify(p->train);
 
   // eval: forward (evaluation mode) and loss

@@ -71,6 +71,49 @@ static void test_builder(void) {
   ir_verify(g);
 }
 
+// A mean's gradient over [n, c, h]: v [c] expanded to [n, c], divided by n, expanded to
+// [n, c, h], divided by h, times x. ir_sink_expands divides the c values and reads them as a
+// [c, 1] operand: the same values (the interpreter, exactly). And exp(e) + e for e an expand
+// of -v: e is read as -v by the add, then exp is taken of the c values: one expand left.
+static int sink_case(Fn *fn, int *kept) {
+  int x = ir_input(fn, IN_X, shape_make(3, DIM_N, 2, 3)), n = ir_input(fn, IN_N, shape_scalar());
+  int v = tensor(fn, 0, shape_make(1, 2)), three = ir_const(fn, 3);
+  int d0 = ir_op2(fn, OP_DIV, ir_expand(fn, v, 0, DIM_N), n);
+  int d1 = ir_op2(fn, OP_DIV, ir_expand(fn, d0, 2, 3), three);
+  int twice = ir_expand(fn, ir_op1(fn, OP_NEG, v), 0, DIM_N);  // used by two ops
+  *kept = ir_op2(fn, OP_ADD, ir_op1(fn, OP_EXP, twice), twice);
+  return ir_op2(fn, OP_MUL, d1, x);
+}
+
+static void test_sink_expands(void) {
+  Fn *before = ir_new_fn("before"), *after = ir_new_fn("after");
+  int k0, k1, r0 = sink_case(before, &k0), r1 = sink_case(after, &k1);
+  int *roots[] = {&r1, &k1};
+  ir_simplify(after, roots, 2);
+  ir_sink_expands(after, roots, 2);
+  ir_simplify(after, roots, 2);
+  ir_verify(after);
+  int expands = 0, small_divs = 0;
+  for (int i = 0; i < after->len; i++) {
+    expands += after->ins[i].op == OP_EXPAND;
+    small_divs += after->ins[i].op == OP_DIV && shape_eq(after->ins[i].shape, shape_make(1, 2));
+  }
+  CHECK(expands == 1 && small_divs == 2, "expands left %d (want 1), divisions on [2] %d (want 2)",
+        expands, small_divs);
+  double xs[4 * 2 * 3], vs[2] = {0.75, -1.5}, *inputs[IN_COUNT] = {0}, *tensors[] = {vs};
+  for (int i = 0; i < 24; i++)
+    xs[i] = i * 0.25 - 2;
+  inputs[IN_X] = xs;
+  double **a = interp_run(before, 4, inputs, tensors, 1, 1), **b = interp_run(after, 4, inputs, tensors, 1, 1);
+  bool same = true;
+  for (int i = 0; i < 24; i++)
+    same &= a[r0][i] == b[r1][i];
+  for (int i = 0; i < 8; i++)
+    same &= a[k0][i] == b[k1][i];
+  CHECK(same, "the rewritten graph computes other values");
+  interp_free(before, a), interp_free(after, b);
+}
+
 // Shape errors from the builder are user errors (exit 1) at the instruction's position.
 static void bad_broadcast(void *arg) {
   (void)arg;
@@ -147,6 +190,7 @@ static void test_printer(void) {
 int main(void) {
   test_shapes();
   test_builder();
+  test_sink_expands();
   test_errors();
   test_printer();
   return check_summary();
