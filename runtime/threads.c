@@ -80,7 +80,7 @@ static void *worker(void *arg) {
     int spins = 0;
     while ((g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen) {
       if (++spins < SPIN) {
-        atomic_signal_fence(memory_order_seq_cst);
+        __builtin_ia32_pause();
         continue;
       }
       atomic_fetch_add(&pool.sleeping, 1);
@@ -146,7 +146,7 @@ void krt_parallel(KrtTask *fn, void *ctx, int64_t n, int64_t align, int64_t min_
     if (spins % 1024 == 1023)
       sched_yield();
     else
-      atomic_signal_fence(memory_order_seq_cst);
+      __builtin_ia32_pause();
 }
 
 // ---------------------------------------------------------------------------------------------
