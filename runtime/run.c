@@ -552,16 +552,33 @@ int64_t krt_epoch_begin(KrtRun *r, int64_t epoch) {
   return r->nb;
 }
 
+typedef struct {
+  const KrtSet *s;
+  const int64_t *order;
+  int64_t first;
+  float *x, *y;
+} Rows;
+
+static void copy_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
+  const Rows *c = ctx;
+  const KrtSet *s = c->s;
+  for (int64_t i = lo; i < hi; i++) {
+    int64_t k = c->order ? c->order[c->first + i] : c->first + i;
+    if (c->order && s->x8 && i + 4 < hi)  // shuffled rows are cache misses: ask early
+      for (int64_t at = 0; at < s->features; at += 64)
+        __builtin_prefetch(s->x8 + c->order[c->first + i + 4] * s->features + at);
+    krt_set_row(s, k, c->x + i * s->features);
+    memcpy(c->y + i * s->ydim, s->y + k * s->ydim, (size_t)s->ydim * sizeof(float));
+  }
+}
+
+// The rows of a batch, on the pool: each thread gathers the rows that the step's loops give it
+// (they cut the batch the same way), so they start in the cache of the core that reads them.
 static void copy_rows(const KrtSet *s, const int64_t *order, int64_t first, int64_t rows,
                       float *x, float *y) {
-  for (int64_t i = 0; i < rows; i++) {
-    int64_t k = order ? order[first + i] : first + i;
-    if (order && s->x8 && i + 4 < rows)  // shuffled rows are cache misses: ask early
-      for (int64_t at = 0; at < s->features; at += 64)
-        __builtin_prefetch(s->x8 + order[first + i + 4] * s->features + at);
-    krt_set_row(s, k, x + i * s->features);
-    memcpy(y + i * s->ydim, s->y + k * s->ydim, (size_t)s->ydim * sizeof(float));
-  }
+  Rows c = {s, order, first, x, y};
+  int64_t row = s->features * (int64_t)sizeof(float);
+  krt_parallel(copy_chunk, &c, rows, 1, row >= 32768 ? 1 : 32768 / row);
 }
 
 // Rows of batch b of a set of n samples (the last batch may be partial).
