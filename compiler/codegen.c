@@ -1165,6 +1165,11 @@ static bool fusable(Fn *fn, int i, Shape *shape, bool bcast, int *inner_dims) {
     *inner_dims = 1;
     return true;
   }
+  if (ins->op == OP_RAND) {  // a dropout mask's numbers: computed where they are used
+    *shape = ins->shape;
+    *inner_dims = ins->shape.rank;
+    return true;
+  }
   if (c != OC_UNARY && c != OC_BINARY && c != OC_SELECT && ins->op != OP_STORE)
     return false;
   int inner = ins->shape.rank;
@@ -1302,6 +1307,33 @@ static bool chan_sum(Fn *fn, int j, Shape s) {
   return true;
 }
 
+// A random instruction's key for this step: krt_hash(krt_hash(seed, stream), step), as
+// krt_rand_fill computes it, in a slot of the step's frame (a kernel of the pool reads it there).
+static LLVMValueRef rand_key(Cg *cg, int i) {
+  LLVMBuilderRef B = cg->b;
+  LLVMTypeRef pt[2] = {cg->i64, cg->i64};
+  LLVMValueRef t = LLVMBuildFPToSI(B, LLVMBuildLoad2(B, cg->f64, LLVMBuildInBoundsGEP2(B, cg->f64, cg->in, (LLVMValueRef[]){ci64(cg, IN_T)}, 1, ""), ""), cg->i64, "");
+  LLVMValueRef k = call(cg, "krt_hash", cg->i64, pt, 2, (LLVMValueRef[]){cg->seed, ci64(cg, cg->ir->ins[i].seq)});
+  k = call(cg, "krt_hash", cg->i64, pt, 2, (LLVMValueRef[]){k, t});
+  LLVMValueRef cell = entry_alloca_of(cg, cg->i64);
+  LLVMBuildStore(B, k, cell);
+  return cell;
+}
+
+// Number `counter` of a random stream: krt_uniform's (float)(krt_mix(key, counter) >> 40) · 2⁻²⁴.
+static LLVMValueRef uniform_at(Cg *cg, LLVMValueRef key, LLVMValueRef counter) {
+  LLVMBuilderRef B = cg->b;
+  LLVMValueRef z = LLVMBuildAdd(B, key, LLVMBuildMul(B, LLVMBuildAdd(B, counter, ci64(cg, 1), ""),
+                                                     ci64(cg, (int64_t)0x9E3779B97F4A7C15ull), ""), "");
+  z = LLVMBuildMul(B, LLVMBuildXor(B, z, LLVMBuildLShr(B, z, ci64(cg, 30), ""), ""),
+                   ci64(cg, (int64_t)0xBF58476D1CE4E5B9ull), "");
+  z = LLVMBuildMul(B, LLVMBuildXor(B, z, LLVMBuildLShr(B, z, ci64(cg, 27), ""), ""),
+                   ci64(cg, (int64_t)0x94D049BB133111EBull), "");
+  z = LLVMBuildXor(B, z, LLVMBuildLShr(B, z, ci64(cg, 31), ""), "");
+  LLVMValueRef bits = LLVMBuildLShr(B, z, ci64(cg, 40), "");
+  return LLVMBuildFMul(B, LLVMBuildUIToFP(B, bits, cg->f32, ""), cf32(cg, 1.0 / 16777216.0), "");
+}
+
 static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *last_use,
                       Shape shape, int inner_dims) {
   Fn *fn = cg->ir;
@@ -1333,7 +1365,8 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     outer = LLVMBuildMul(cg->b, outer, dim_val(cg, shape.dim[d]), "");
   LLVMValueRef count = split ? outer : numel(cg, shape), lo = ci64(cg, 0), hi = count;
   Outline o = {0};
-  LLVMValueRef *part = arena_alloc(sizeof(LLVMValueRef) * (size_t)nm);  // partial sums
+  // the kernel's extra cells: partial sums, random streams' keys
+  LLVMValueRef *part = arena_alloc(sizeof(LLVMValueRef) * (size_t)nm);
   int *part_of = arena_alloc(sizeof(int) * (size_t)nm);
   bool share = worth_sharing(shape);
   int64_t C = shape.rank > 1 ? shape.dim[1] : 1;  // channels, for per-channel sums
@@ -1342,6 +1375,9 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
     if ((is_sum_member(fn, members[k]) && share) || chan) {
       part_of[k] = o.nextra;
       part[o.nextra++] = partials(cg, chan ? C : 1);
+    } else if (fn->ins[members[k]].op == OP_RAND) {  // its key, in the step's frame
+      part_of[k] = o.nextra;
+      part[o.nextra++] = rand_key(cg, members[k]);
     }
   }
   o.extra = part;
@@ -1359,6 +1395,10 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
   }
   LLVMValueRef chunk = o.kernel ? LLVMBuildZExt(cg->b, LLVMGetParam(o.kernel, 3), cg->i64, "")
                                 : ci64(cg, 0);
+  LLVMValueRef *key = arena_alloc(sizeof(LLVMValueRef) * (size_t)nm);  // random streams' keys
+  for (int k = 0; k < nm; k++)
+    if (fn->ins[members[k]].op == OP_RAND)
+      key[k] = LLVMBuildLoad2(cg->b, cg->i64, part[part_of[k]], "key");
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(cg->b);
   Loop lb = {0}, l = loop_from(cg, lo, hi);
   // sums: acc over the chunk, acc_in over a block (the same when there are no blocks)
@@ -1417,8 +1457,11 @@ static void gen_fused(Cg *cg, const int *members, int nm, int end, const int *la
       continue;
     }
     Op op = div_by_scalar(fn, m) ? OP_MUL : ins->op;
-    val[k] = ins->op == OP_STORE || ins->op == OP_EXPAND
-                 ? v[0] : elementwise(cg, op, v[0], v[1], v[2], ins->arg[1], fn);
+    if (op == OP_RAND)  // `at` is the element's index in the whole tensor: the counter
+      val[k] = uniform_at(cg, key[k], at);
+    else
+      val[k] = ins->op == OP_STORE || ins->op == OP_EXPAND
+                   ? v[0] : elementwise(cg, op, v[0], v[1], v[2], ins->arg[1], fn);
     if (ins->op == OP_STORE || last_use[m] >= end || cg->keep[m])
       store_at(cg, val[k], cg->buf[m], at);
   }

@@ -221,6 +221,13 @@ if [ "$only" = all ] || [ "$only" = aot ]; then
   build/test/st_compare "$TMP/threads1/final.safetensors" "$TMP/threads2/final.safetensors" 1e-5 \
     > "$TMP/t2.log" 2>&1 && ok ||
     { fail "--threads 2 trained other numbers than --threads 1"; grep FAIL "$TMP/t2.log" | head -3; }
+  # dropout masks: the numbers of krt_rand_fill, wherever the step computes them
+  for t in 1 2; do
+    (cd tests/e2e && "$KEEL_ABS" run dropout.nn --threads $t --out "$TMP/dropout$t") > /dev/null 2>&1
+    build/test/st_compare tests/e2e/dropout.safetensors "$TMP/dropout$t/final.safetensors" 1e-5 \
+      > "$TMP/dropout.log" 2>&1 && ok ||
+      { fail "dropout.nn --threads $t: other masks than the runtime's"; grep FAIL "$TMP/dropout.log" | head -3; }
+  done
   # --data swaps a source's file: the same rows in another place train the same weights;
   # other rows train others
   cp examples/xor.csv "$TMP/xor-copy.csv"
