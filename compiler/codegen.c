@@ -475,7 +475,7 @@ enum { PAR_MIN = 8192 };  // floats per chunk at the least: below, one thread do
 // interleaved, a loop does 4 × 16 floats a step, and a shorter one runs all in the scalar
 // remainder (the tiny 2-16-1 network 13.4 -> 5.0 million samples/s with every sum
 // interleaved); the loops of a batch's rows gained nothing measurable and cost the MLP's
-// compile 0.015 s, so only sums over a large weight's gradient (the guard's Σ g²) are
+// compile 0.015 s, so only sums over a large weight's gradient (the guard's Σ g²) are interleaved
 enum { SUM_INTERLEAVE = 4, SUM_INTERLEAVE_MIN = 32768 };
 enum { MAX_CHUNKS = 64 };  // KRT_MAX_THREADS: krt_parallel's chunks are numbered below it
 

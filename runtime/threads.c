@@ -301,9 +301,9 @@ static void split_k_add(void *ctx, int64_t lo, int64_t hi, int t) {
 
 void krt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                const float *b, int ldb, float beta, float *c, int ldc) {
-  if (split_k(ta, tb, m, n, k)) {
+  if (split_k(ta, tb, m, n, k)) {  // (a product too small to share: both halves here)
     SplitK s = split_k_of(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    krt_parallel(split_k_half, &s, 2, 1, 1);
+    krt_parallel(split_k_half, &s, 2, 1, (int64_t)m * n * k < 200000 ? 2 : 1);
     krt_parallel(split_k_add, &s, m, 1, n >= 2048 ? 1 : 2048 / n);
     return;
   }
