@@ -37,6 +37,8 @@ typedef struct {
   int *scratch_slot;      // per instruction: the slot of its scratch, or -1
   LLVMValueRef *imm;   // per instruction: a constant or a scalar input's value
   LLVMValueRef n, in, seed, run;
+  LLVMValueRef chunks;  // the chunks krt_parallel may cut a loop into: the pool's threads,
+                        // asked once at the top of each function (gen_body)
   bool guard;          // train_step: call krt_guard before the stores
   bool *keep;          // per instruction: the runtime reads its slot (loss, output, probes)
   bool profile;        // bracket each kernel with the cycle counter (train_step, --profile)
@@ -884,15 +886,17 @@ static LLVMValueRef entry_alloca(Cg *cg) { return entry_alloca_of(cg, cg->f32); 
 
 // Partial sums of a reduction cut into chunks: `width` floats for each of MAX_CHUNKS chunks,
 // in the step's frame, zeroed before the kernel runs (chunk t writes floats t·width …).
-// The chunks krt_parallel may cut a loop into: one per thread of the pool.
-static LLVMValueRef chunk_count(Cg *cg) {
-  LLVMTypeRef i32 = LLVMInt32TypeInContext(cg->ctx);
-  return LLVMBuildZExt(cg->b, call(cg, "krt_threads", i32, NULL, 0, NULL), cg->i64, "");
+// The step number t, as an integer (a random instruction's key depends on it).
+static LLVMValueRef step_number(Cg *cg) {
+  LLVMBuilderRef B = cg->b;
+  LLVMValueRef at = LLVMBuildInBoundsGEP2(B, cg->f64, cg->in, (LLVMValueRef[]){ci64(cg, IN_T)}, 1, "");
+  return LLVMBuildFPToSI(B, LLVMBuildLoad2(B, cg->f64, at, ""), cg->i64, "");
 }
+
 
 static LLVMValueRef partials(Cg *cg, int64_t width) {
   LLVMValueRef p = entry_alloca_of(cg, LLVMArrayType2(cg->f32, (uint64_t)(width * MAX_CHUNKS)));
-  fill(cg, p, LLVMBuildMul(cg->b, chunk_count(cg), ci64(cg, width), ""), cf32(cg, 0));
+  fill(cg, p, LLVMBuildMul(cg->b, cg->chunks, ci64(cg, width), ""), cf32(cg, 0));
   return p;
 }
 
@@ -900,7 +904,7 @@ static LLVMValueRef partials(Cg *cg, int64_t width) {
 static void add_partials(Cg *cg, LLVMValueRef part, LLVMValueRef dst, int64_t width) {
   LLVMBuilderRef B = cg->b;
   fill(cg, dst, ci64(cg, width), cf32(cg, 0));
-  Loop lt = loop_begin(cg, chunk_count(cg)), lc = loop_begin(cg, ci64(cg, width));
+  Loop lt = loop_begin(cg, cg->chunks), lc = loop_begin(cg, ci64(cg, width));
   LLVMValueRef t = load_at(cg, part, LLVMBuildAdd(B, LLVMBuildMul(B, lt.iv, ci64(cg, width), ""), lc.iv, ""));
   store_at(cg, LLVMBuildFAdd(B, load_at(cg, dst, lc.iv), t, ""), dst, lc.iv);
   loop_end(cg, &lc), loop_end(cg, &lt);
@@ -939,7 +943,7 @@ static void gen_col_sum(Cg *cg, int i, LLVMValueRef dst, bool mean) {
                     join = LLVMAppendBasicBlockInContext(cg->ctx, cg->fn, "join");
   LLVMValueRef n = dim_val(cg, DIM_N);
   LLVMBuildCondBr(B, LLVMBuildAnd(B, LLVMBuildICmp(B, LLVMIntSGE, n, ci64(cg, 2 * min_rows), ""),
-                                  LLVMBuildICmp(B, LLVMIntSGT, chunk_count(cg), ci64(cg, 1), ""), ""),
+                                  LLVMBuildICmp(B, LLVMIntSGT, cg->chunks, ci64(cg, 1), ""), ""),
                   shared, alone);
   LLVMPositionBuilderAtEnd(B, alone);
   fill(cg, dst, ci64(cg, C), cf32(cg, 0));
@@ -979,8 +983,7 @@ static void gen_ins(Cg *cg, int i) {
   case OP_STORE: gen_elementwise(cg, i, cg->buf[i]); return;
   case OP_RAND: {
     LLVMTypeRef pt[5] = {cg->ptr, cg->i64, cg->i64, cg->i64, cg->i64};
-    LLVMValueRef t = LLVMBuildFPToSI(B, LLVMBuildLoad2(B, cg->f64, LLVMBuildInBoundsGEP2(B, cg->f64, cg->in, (LLVMValueRef[]){ci64(cg, IN_T)}, 1, ""), ""), cg->i64, "");
-    LLVMValueRef args[5] = {dst, numel(cg, ins->shape), cg->seed, ci64(cg, ins->seq), t};
+    LLVMValueRef args[5] = {dst, numel(cg, ins->shape), cg->seed, ci64(cg, ins->seq), step_number(cg)};
     call(cg, "krt_rand_fill", cg->vd, pt, 5, args);
     return;
   }
@@ -1309,14 +1312,13 @@ static bool chan_sum(Fn *fn, int j, Shape s) {
   return true;
 }
 
-// A random instruction's key for this step: krt_hash(krt_hash(seed, stream), step), as
-// krt_rand_fill computes it, in a slot of the step's frame (a kernel of the pool reads it there).
+// A random instruction's key for this step (krt_rand_key, as krt_rand_fill computes it), in a
+// slot of the step's frame (a kernel of the pool reads it there).
 static LLVMValueRef rand_key(Cg *cg, int i) {
   LLVMBuilderRef B = cg->b;
-  LLVMTypeRef pt[2] = {cg->i64, cg->i64};
-  LLVMValueRef t = LLVMBuildFPToSI(B, LLVMBuildLoad2(B, cg->f64, LLVMBuildInBoundsGEP2(B, cg->f64, cg->in, (LLVMValueRef[]){ci64(cg, IN_T)}, 1, ""), ""), cg->i64, "");
-  LLVMValueRef k = call(cg, "krt_hash", cg->i64, pt, 2, (LLVMValueRef[]){cg->seed, ci64(cg, cg->ir->ins[i].seq)});
-  k = call(cg, "krt_hash", cg->i64, pt, 2, (LLVMValueRef[]){k, t});
+  LLVMTypeRef pt[3] = {cg->i64, cg->i64, cg->i64};
+  LLVMValueRef k = call(cg, "krt_rand_key", cg->i64, pt, 3,
+                        (LLVMValueRef[]){cg->seed, ci64(cg, cg->ir->ins[i].seq), step_number(cg)});
   LLVMValueRef cell = entry_alloca_of(cg, cg->i64);
   LLVMBuildStore(B, k, cell);
   return cell;
@@ -1607,6 +1609,7 @@ static void profile_end(Cg *cg, LLVMValueRef t0, int from, int to) {
 static void gen_body(Cg *cg, Fn *ir, int *slot, LLVMValueRef slots) {
   LLVMBuilderRef B = cg->b;
   cg->ir = ir, cg->slot = slot;
+  cg->chunks = LLVMBuildZExt(B, call(cg, "krt_threads", cg->i32, NULL, 0, NULL), cg->i64, "");
   cg->buf = arena_alloc(sizeof(LLVMValueRef) * (size_t)(ir->len + 1));
   cg->imm = arena_alloc(sizeof(LLVMValueRef) * (size_t)(ir->len + 1));
   cg->scratch = arena_alloc(sizeof(LLVMValueRef) * (size_t)(ir->len + 1));

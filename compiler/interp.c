@@ -180,7 +180,7 @@ double **interp_run(Fn *fn, int64_t n, double **inputs, double **tensors, uint64
     case OP_CONST: o[0] = ins->imm; break;
     case OP_TENSOR: memcpy(o, tensors[ins->tensor], sizeof(double) * (size_t)cnt); break;
     case OP_RAND: {
-      uint64_t key = krt_hash(krt_hash(seed, (uint64_t)ins->seq), step);
+      uint64_t key = krt_rand_key(seed, (uint64_t)ins->seq, step);
       for (int64_t e = 0; e < cnt; e++)
         o[e] = krt_uniform(key, (uint64_t)e);
       break;

@@ -59,8 +59,10 @@ static inline uint64_t krt_mix(uint64_t key, uint64_t counter) {
 float krt_uniform(uint64_t key, uint64_t counter);
 // Standard normal by Box–Muller from counters 2c and 2c+1.
 float krt_normal(uint64_t key, uint64_t counter);
-// [generated] out[i] = uniform for i < count, keyed by (seed, stream, step):
-// key = krt_hash(krt_hash(seed, stream), step), counter = i.
+// [generated] The key of a random instruction's numbers at a step:
+// krt_hash(krt_hash(seed, stream), step) (krt_rand_fill's, and the fused loops' of codegen.c).
+uint64_t krt_rand_key(uint64_t seed, uint64_t stream, uint64_t step);
+// [generated] out[i] = uniform for i < count, key krt_rand_key(seed, stream, step), counter i.
 void krt_rand_fill(float *out, int64_t count, uint64_t seed, uint64_t stream, uint64_t step);
 // A uniformly random permutation of 0..n-1 (Fisher–Yates) keyed by key.
 void krt_permutation(int64_t *perm, int64_t n, uint64_t key);

@@ -47,8 +47,12 @@ static void fill_chunk(void *ctx, int64_t lo, int64_t hi, int t) {
     out[i] = (float)(mix(key, (uint64_t)i) >> 40) * (1.0f / 16777216.0f);
 }
 
+uint64_t krt_rand_key(uint64_t seed, uint64_t stream, uint64_t step) {
+  return krt_hash(krt_hash(seed, stream), step);
+}
+
 void krt_rand_fill(float *out, int64_t count, uint64_t seed, uint64_t stream, uint64_t step) {
-  Fill f = {out, krt_hash(krt_hash(seed, stream), step)};
+  Fill f = {out, krt_rand_key(seed, stream, step)};
   krt_parallel(fill_chunk, &f, count, 16, 8192);
 }
 
